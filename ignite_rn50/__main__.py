@@ -1,0 +1,5 @@
+import sys
+
+from ignite_rn50.run import main
+
+sys.exit(main())

@@ -1,0 +1,169 @@
+"""Process launch through ``idist.Parallel``, and the HCCL computation model ignite lacks.
+
+ignite 0.5's native model knows only nccl/gloo/mpi, returns cuda or cpu from ``device()``
+and hard-codes ``_NativeDistModel`` inside its static spawn/worker functions. ``HcclDistModel``
+subclasses it for Ascend: it accepts "hccl", selects ``npu:<local_rank>`` before
+``init_process_group`` and reports that device. Registering it is done at import of this
+module, which spawned children import too (they unpickle ``run.train`` from it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import ignite.distributed as idist
+import ignite.distributed.utils as idist_utils
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from ignite.distributed.comp_models.native import _NativeDistModel
+
+from ignite_rn50 import device as dev
+from ignite_rn50.errors import UserError
+
+
+class HcclDistModel(_NativeDistModel):
+    """ignite computation model for torch_npu's "hccl" process group."""
+
+    name = "native-dist-hccl"
+    available_backends = ("hccl",)
+    device_type = "npu"
+
+    @classmethod
+    def _owns(cls, backend: str) -> bool:
+        return backend in cls.available_backends
+
+    @staticmethod
+    def create_from_context() -> HcclDistModel | None:
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        if not HcclDistModel._owns(dist.get_backend()):
+            return None
+        return HcclDistModel()
+
+    @staticmethod
+    def create_from_backend(backend: str, init_method: str | None = None,
+                            world_size: int | None = None, rank: int | None = None,
+                            **kwargs: Any) -> HcclDistModel:
+        if not HcclDistModel._owns(backend):
+            raise ValueError(f"Backend should be one of {HcclDistModel.available_backends}")
+        if dist.is_available() and dist.is_initialized():
+            raise RuntimeError("a default process group is already initialized")
+        return HcclDistModel(backend=backend, init_method=init_method, world_size=world_size,
+                             rank=rank, **kwargs)
+
+    def _create_from_backend(self, backend: str, timeout: timedelta | None = None,
+                             init_method: str | None = None, world_size: int | None = None,
+                             rank: int | None = None, **kwargs: Any) -> None:
+        self._backend = backend
+        self.setup_env_vars(rank, world_size)
+        # HCCL binds the communicator to the current device: select it first.
+        dev.select_device(self.device_type, self._local_rank)
+        pg_kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        self._init_method = init_method or "env://"
+        if "env" not in self._init_method:
+            pg_kwargs.update(world_size=int(os.environ["WORLD_SIZE"]),
+                             rank=int(os.environ["RANK"]))
+        dist.init_process_group(backend, init_method=self._init_method, **pg_kwargs)
+        dist.barrier()
+        self._setup_attrs()
+
+    def _init_from_context(self) -> None:
+        super()._init_from_context()
+        dev.select_device(self.device_type, self._local_rank)
+
+    def device(self) -> torch.device:
+        return dev.current_device(self.device_type)
+
+    # ignite's spawn/worker functions are static and name _NativeDistModel; these are the same
+    # steps with this class in its place.
+    @staticmethod
+    def _dist_worker_task_fn(local_rank: int, backend: str, fn: Callable, args: tuple,
+                             kw_dict: Mapping, world_size: int, nprocs_per_node: int,
+                             node_rank: int, master_addr: str, master_port: int,
+                             init_method: str, kw: Any) -> None:
+        saved_env = os.environ.copy()
+        os.environ.update(LOCAL_RANK=str(local_rank),
+                          RANK=str(node_rank * nprocs_per_node + local_rank),
+                          WORLD_SIZE=str(world_size), MASTER_ADDR=str(master_addr),
+                          MASTER_PORT=str(master_port))
+        model = HcclDistModel.create_from_backend(backend, init_method="env://", **kw)
+        idist_utils._set_model(model)
+        fn(local_rank, *args, **kw_dict)
+        idist.finalize()
+        os.environ.clear()
+        os.environ.update(saved_env)
+
+    @staticmethod
+    def spawn(fn: Callable, args: tuple, kwargs_dict: Mapping | None = None,
+              nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0,
+              master_addr: str | None = None, master_port: int | None = None,
+              backend: str = "hccl", init_method: str | None = None, **kwargs: Any) -> None:
+        spawn_kwargs = {k: kwargs.pop(k) for k in ("join", "daemon", "start_method")
+                        if k in kwargs}
+        spawn_kwargs.setdefault("start_method", "spawn")
+        mp.start_processes(
+            HcclDistModel._dist_worker_task_fn, nprocs=nproc_per_node,
+            args=(backend, fn, args, kwargs_dict or {}, nnodes * nproc_per_node,
+                  nproc_per_node, node_rank, master_addr or "127.0.0.1", master_port or 29500,
+                  "env://", kwargs),
+            **spawn_kwargs)
+
+
+def register() -> None:
+    """Put HcclDistModel first in ignite's registry (idempotent; also runs in children)."""
+    models = idist_utils.registered_computation_models
+    if HcclDistModel not in models:
+        idist_utils.registered_computation_models = (HcclDistModel, *models)
+
+
+register()
+
+
+# --- launching ----------------------------------------------------------------------------------
+
+def launched_externally() -> bool:
+    """torchrun / torch.distributed.run and SLURM srun start the processes themselves."""
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return True
+    return "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def check_port_free(addr: str, port: int) -> None:
+    """Node 0 hosts the rendezvous store: a busy port would fail deep inside c10d."""
+    if addr not in ("127.0.0.1", "localhost", "0.0.0.0", socket.gethostname()):
+        try:
+            local = socket.gethostbyname(addr) in socket.gethostbyname_ex(socket.gethostname())[2]
+        except OSError:
+            local = False
+        if not local:
+            return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            raise UserError(f"--port {port} is already in use on this host; pass a free port "
+                            "with --port (and the same on every node)") from None
+
+
+def launch(train: Callable[..., None], config: Any, *, backend: str | None, nproc: int,
+           nnodes: int, node_rank: int, addr: str, port: int, timeout_s: int) -> None:
+    timeout = timedelta(seconds=timeout_s)
+    if launched_externally():
+        idist.initialize(backend or "gloo", timeout=timeout)
+        try:
+            train(idist.get_local_rank(), config)
+        finally:
+            idist.finalize()
+        return
+    if nproc * nnodes == 1:
+        train(0, config)
+        return
+    with idist.Parallel(backend=backend, nproc_per_node=nproc, nnodes=nnodes,
+                        node_rank=node_rank, master_addr=addr, master_port=port,
+                        timeout=timeout) as parallel:
+        parallel.run(train, config)

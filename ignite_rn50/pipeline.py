@@ -1,0 +1,211 @@
+"""Input pipelines: batched augmentation on the training device, or torchvision's DataLoader.
+
+Both yield ``(images, labels)`` batches and expose ``set_epoch(epoch, start_batch)`` so that
+every epoch's order and augmentation depend only on (seed, rank, epoch): resuming at an
+epoch boundary, or mid-epoch from ``start_batch``, replays exactly the batches an
+uninterrupted run would have seen (exactly for the device pipeline; the torchvision path
+replays the same images, with fresh augmentation draws from its workers).
+
+Augmentation is the reference one: random crop with 4 px zero padding, horizontal flip with
+p=0.5, normalisation by the CIFAR-100 mean/std. Both pipelines draw crop offsets uniformly
+from 0..8 and flips with rate 0.5, and give bit-identical evaluation inputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ignite_rn50.data import CIFAR_MEAN, CIFAR_STD, ImageSet
+
+PAD = 4
+MEAN01 = [m / 255 for m in CIFAR_MEAN]
+STD01 = [s / 255 for s in CIFAR_STD]
+
+
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """Independent streams per (seed, global rank, epoch): no collisions across nodes."""
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+class TrainData(Protocol):
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float normalised, with exactly torchvision's ToTensor + Normalize arithmetic."""
+    x = images.to(torch.float32).div(255)
+    mean = torch.as_tensor(MEAN01, dtype=torch.float32, device=x.device)[:, None, None]
+    std = torch.as_tensor(STD01, dtype=torch.float32, device=x.device)[:, None, None]
+    return x.sub_(mean).div_(std)
+
+
+def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+    """Batched RandomCrop(padding=4) + RandomHorizontalFlip as one gather.
+
+    ``offsets`` [B, 2] in 0..2*PAD are the crop's top-left corner in the padded image,
+    ``flips`` [B] bool mirror the crop. Returns uint8 [B, C, H, W] (channels-last in memory).
+    """
+    b, _, h, w = images.shape
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    rows = offsets[:, 0, None] + torch.arange(h, device=images.device)
+    cols = offsets[:, 1, None] + torch.arange(w, device=images.device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+    return out.permute(0, 3, 1, 2)
+
+
+class DeviceTrainData:
+    """This rank's shard held once on the device as uint8; one H2D copy of indices per epoch.
+
+    Shards are fixed (a seeded permutation split r::world), shuffled within each epoch, so
+    no rank stores more than its share of the data.
+    """
+
+    def __init__(self, data: ImageSet, device: torch.device, batch_size: int, *, rank: int,
+                 world_size: int, seed: int, max_batches: int | None = None,
+                 channels_last: bool = False) -> None:
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        shard = order[rank::world_size]
+        self.images = data.images[shard].to(device)
+        self.labels = data.labels[shard].to(device)
+        self.device, self.batch_size, self.rank, self.seed = device, batch_size, rank, seed
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # every rank gets the same number of batches (the smallest shard decides): DDP needs it
+        per_rank = len(data) // world_size
+        if per_rank < batch_size:
+            raise ValueError(f"{len(data)} training images over {world_size} process(es) leave "
+                             f"{per_rank} per process, fewer than the per-process batch "
+                             f"{batch_size}")
+        full = per_rank // batch_size
+        self.num_batches = min(full, max_batches) if max_batches else full
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.rank, self.epoch))
+        n = len(self.labels)
+        perm = torch.randperm(n, generator=gen)
+        offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen)
+        flips = torch.rand(n, generator=gen) < 0.5
+        perm, offsets, flips = (t.to(self.device, non_blocking=True)
+                                for t in (perm, offsets, flips))
+        start, self.start_batch = self.start_batch, 0
+        bs = self.batch_size
+        for b in range(start, self.num_batches):
+            idx = perm[b * bs:(b + 1) * bs]
+            images = crop_flip(self.images[idx], offsets[idx], flips[idx])
+            x = normalize(images).contiguous(memory_format=self.memory_format)
+            yield x, self.labels[idx]
+
+
+def device_eval_batches(data: ImageSet, device: torch.device, batch_size: int, *, rank: int,
+                        world_size: int, channels_last: bool = False) -> list:
+    """Every test image exactly once over all ranks (r::world, no padding), normalised once."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    images = data.images[rank::world_size]
+    labels = data.labels[rank::world_size]
+    return [(normalize(images[i:i + batch_size].to(device)).contiguous(memory_format=fmt),
+             labels[i:i + batch_size].to(device))
+            for i in range(0, len(labels), batch_size)]
+
+
+# --- torchvision DataLoader path --------------------------------------------------------------
+
+class _PILDataset(Dataset):
+    def __init__(self, data: ImageSet, transform) -> None:
+        self.images = data.images.permute(0, 2, 3, 1).numpy()  # HWC for PIL, a view
+        self.labels = data.labels
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+
+
+def torchvision_transforms(image_size: int, train: bool):
+    from torchvision import transforms as T
+
+    tail = [T.ToTensor(), T.Normalize(MEAN01, STD01)]
+    if not train:
+        return T.Compose(tail)
+    return T.Compose([T.RandomCrop(image_size, padding=PAD), T.RandomHorizontalFlip()] + tail)
+
+
+class _ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start mid-epoch: torch's cannot skip consumed indices."""
+
+    skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
+class LoaderTrainData:
+    """torchvision's classic path: PIL transforms in DataLoader worker processes."""
+
+    def __init__(self, data: ImageSet, batch_size: int, *, rank: int, world_size: int,
+                 seed: int, num_workers: int, pin_memory: bool,
+                 max_batches: int | None = None) -> None:
+        dataset = _PILDataset(data, torchvision_transforms(data.image_size, train=True))
+        self.sampler = _ResumableSampler(dataset, num_replicas=world_size, rank=rank,
+                                         shuffle=True, seed=seed, drop_last=True)
+        if len(self.sampler) < batch_size:
+            raise ValueError(f"{len(data)} training images over {world_size} process(es) "
+                             f"leave {len(self.sampler)} per process, fewer than the "
+                             f"per-process batch {batch_size}")
+        self.generator = torch.Generator()
+        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
+                                 num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
+                                 generator=self.generator,
+                                 persistent_workers=False)
+        self.batch_size, self.rank, self.seed, self.num_workers = (batch_size, rank, seed,
+                                                                   num_workers)
+        full = len(self.sampler) // batch_size
+        self.num_batches = min(full, max_batches) if max_batches else full
+        self.start_batch = 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = start_batch * self.batch_size
+        self.start_batch = start_batch
+        seed = epoch_seed(self.seed, self.rank, epoch)
+        self.generator.manual_seed(seed)  # worker seeds derive from it
+        if self.num_workers == 0:
+            torch.manual_seed(seed)  # transforms then run here, on the global generator
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self):
+        remaining = self.num_batches - self.start_batch
+        self.start_batch = 0
+        return itertools.islice(iter(self.loader), remaining)
+
+
+def loader_eval_batches(data: ImageSet, batch_size: int, *, rank: int, world_size: int,
+                        num_workers: int, pin_memory: bool) -> DataLoader:
+    dataset = _PILDataset(data, torchvision_transforms(data.image_size, train=False))
+    subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin_memory)
