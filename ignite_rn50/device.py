@@ -129,8 +129,11 @@ def current_device(device_type: str) -> torch.device:
     return torch.device(device_type, _module(device_type).current_device())
 
 
-def configure_backends(device: torch.device) -> None:
+def configure_backends(device: torch.device, local_processes: int) -> None:
     """Per-device speed switches that do not change results beyond float rounding."""
+    if device.type == "cpu" and local_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # N processes x all cores each would oversubscribe the CPU many times over
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

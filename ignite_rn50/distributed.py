@@ -9,8 +9,12 @@ module, which spawned children import too (they unpickle ``run.train`` from it).
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
+import signal
 import socket
+import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -143,11 +147,46 @@ def check_port_free(addr: str, port: int) -> None:
         if not local:
             return
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as c10d's store does: a port whose last connections are in TIME-WAIT is free
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("", port))
         except OSError:
             raise UserError(f"--port {port} is already in use on this host; pass a free port "
                             "with --port (and the same on every node)") from None
+
+
+def wait_for_master(addr: str, port: int, timeout_s: float) -> None:
+    """Nodes > 0: node 0 may start later, so wait for its port; fail clearly, not in c10d."""
+    try:
+        socket.getaddrinfo(addr, port)
+    except OSError:
+        raise UserError(f"--addr {addr} does not resolve; pass node 0's host name or IP") \
+            from None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((addr, port), timeout=2):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise UserError(f"master {addr}:{port} unreachable for {timeout_s:.0f} s "
+                                f"({exc.strerror or exc}); start node 0 first and check --addr, "
+                                "--port and the firewall") from None
+            time.sleep(1)
+
+
+def _forward_termination_to_children() -> None:
+    """The launcher relays SIGTERM to its spawned ranks, which stop after their current step
+    and save; a terminal's Ctrl-C already reaches every process of the group."""
+
+    def relay(signum: int, frame: Any) -> None:
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, relay)
+    signal.signal(signal.SIGINT, lambda *_: None)
 
 
 def launch(train: Callable[..., None], config: Any, *, backend: str | None, nproc: int,
@@ -163,6 +202,9 @@ def launch(train: Callable[..., None], config: Any, *, backend: str | None, npro
     if nproc * nnodes == 1:
         train(0, config)
         return
+    if node_rank > 0:
+        wait_for_master(addr, port, timeout_s)
+    _forward_termination_to_children()
     with idist.Parallel(backend=backend, nproc_per_node=nproc, nnodes=nnodes,
                         node_rank=node_rank, master_addr=addr, master_port=port,
                         timeout=timeout) as parallel:

@@ -366,9 +366,11 @@ class GracefulStop:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal_name is not None:
+        if self.signal_name is None:
+            self.signal_name = signal.Signals(signum).name
+            self._first = time.monotonic()
+        elif time.monotonic() - self._first > 2:  # a relayed duplicate is not a second signal
             raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
 
     def attach(self, engine: Engine, every: int) -> None:
         """Single process: check after every step (a host flag, free). Several processes: all

@@ -6,8 +6,8 @@ epoch boundary, or mid-epoch from ``start_batch``, replays exactly the batches a
 uninterrupted run would have seen (exactly for the device pipeline; the torchvision path
 replays the same images, with fresh augmentation draws from its workers).
 
-Augmentation is the reference one: random crop with 4 px zero padding, horizontal flip with
-p=0.5, normalisation by the CIFAR-100 mean/std. Both pipelines draw crop offsets uniformly
+Augmentation is the reference one: random crop with 4 px zero padding (at 32x32), horizontal
+flip with p=0.5, normalisation by the CIFAR-100 mean/std. Both pipelines draw crop offsets uniformly
 from 0..8 and flips with rate 0.5, and give bit-identical evaluation inputs.
 """
 
@@ -23,7 +23,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ignite_rn50.data import CIFAR_MEAN, CIFAR_STD, ImageSet
 
-PAD = 4
+PAD = 4  # at 32x32, the reference; smaller (synthetic) images pad in proportion
+
+
+def pad_for(image_size: int) -> int:
+    return max(1, PAD * image_size // 32)
 MEAN01 = [m / 255 for m in CIFAR_MEAN]
 STD01 = [s / 255 for s in CIFAR_STD]
 
@@ -50,11 +54,12 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
     """Batched RandomCrop(padding=4) + RandomHorizontalFlip as one gather.
 
-    ``offsets`` [B, 2] in 0..2*PAD are the crop's top-left corner in the padded image,
+    ``offsets`` [B, 2] in 0..2*pad are the crop's top-left corner in the padded image,
     ``flips`` [B] bool mirror the crop. Returns uint8 [B, C, H, W] (channels-last in memory).
     """
     b, _, h, w = images.shape
-    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    pad = pad_for(w)
+    padded = F.pad(images, (pad, pad, pad, pad))
     rows = offsets[:, 0, None] + torch.arange(h, device=images.device)
     cols = offsets[:, 1, None] + torch.arange(w, device=images.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
@@ -99,7 +104,8 @@ class DeviceTrainData:
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.rank, self.epoch))
         n = len(self.labels)
         perm = torch.randperm(n, generator=gen)
-        offsets = torch.randint(0, 2 * PAD + 1, (n, 2), generator=gen)
+        offsets = torch.randint(0, 2 * pad_for(self.images.shape[-1]) + 1, (n, 2),
+                                generator=gen)
         flips = torch.rand(n, generator=gen) < 0.5
         perm, offsets, flips = (t.to(self.device, non_blocking=True)
                                 for t in (perm, offsets, flips))
@@ -146,7 +152,8 @@ def torchvision_transforms(image_size: int, train: bool):
     tail = [T.ToTensor(), T.Normalize(MEAN01, STD01)]
     if not train:
         return T.Compose(tail)
-    return T.Compose([T.RandomCrop(image_size, padding=PAD), T.RandomHorizontalFlip()] + tail)
+    return T.Compose([T.RandomCrop(image_size, padding=pad_for(image_size)),
+                      T.RandomHorizontalFlip()] + tail)
 
 
 class _ResumableSampler(DistributedSampler):

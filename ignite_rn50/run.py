@@ -99,7 +99,7 @@ def run_training(local_rank: int, cfg: Config) -> None:
         device = idist.device() if device_type != "cpu" else torch.device("cpu")
     else:
         device = dev.select_device(device_type, cfg.gpu_id if cfg.gpu_id is not None else 0)
-    dev.configure_backends(device)
+    dev.configure_backends(device, idist.get_nproc_per_node())
     out = Path(cfg.output_dir).expanduser().resolve()
     idist.barrier() if world > 1 else None
     reporting.setup_logging(rank, out / "train.log" if rank == 0 else None)
@@ -269,6 +269,7 @@ def run_training(local_rank: int, cfg: Config) -> None:
     stop.install()
     try:
         trainer.run(train_data, max_epochs=cfg.epochs)
+        summary_base.update(replica_report(model, device))
     finally:
         stop.uninstall()
         if rank == 0:
@@ -283,6 +284,17 @@ def run_training(local_rank: int, cfg: Config) -> None:
             log.info("stopped by %s at epoch %d iteration %d; saved %s. Resume with the same "
                      "command plus --resume auto", trainer.state.stopped_by_signal,
                      trainer.state.epoch, trainer.state.iteration, path)
+
+
+@torch.no_grad()
+def replica_report(model: nn.Module, device: torch.device) -> dict:
+    """What each rank really ran on, and a weight checksum per replica (equal when DDP kept
+    the replicas in step); two collectives at the end of a run."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    sums = idist.all_gather(checksum.reshape(1).to(idist.device()))
+    devices = idist.all_gather(str(device))
+    return {"backend": idist.backend(), "rank_devices": devices if isinstance(devices, list)
+            else [devices], "replica_checksums": [float(v) for v in sums.cpu().tolist()]}
 
 
 @torch.no_grad()
@@ -306,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         sys.stderr.write(f"ignite_rn50: error: {exc}\n")
         return EXIT_USAGE
+    except torch.multiprocessing.ProcessRaisedException as exc:
+        sys.stderr.write(f"ignite_rn50: a training process failed:\n{exc}\n")
+        return 1
     except torch.multiprocessing.ProcessExitedException as exc:
         sys.stderr.write(f"ignite_rn50: error: training process {exc.error_index} exited with "
                          f"status {exc.exit_code}; the job was stopped (see the lines above)\n")

@@ -1,0 +1,239 @@
+# shellcheck shell=bash
+# Shared body of the eight ModelZoo scripts test/train_{full,performance}_{1p,8p}[_bs32].sh.
+# A script sets MODE (full | performance), RANK_SIZE (1 | 8) and BATCH_PER_DEVICE (16 | 32),
+# sources this file and calls `modelzoo_main "$@"`. Works from the repo root, from test/ or
+# from anywhere: the repository is found from this file's location, and the current folder
+# is left alone (relative paths in the arguments mean what they mean to the caller).
+#
+# Command: python -m ignite_rn50.run --config configs/resnet50_cifar100.yaml
+#            --batch-size RANK_SIZE*BATCH_PER_DEVICE (GLOBAL) --nproc RANK_SIZE
+#            [--gpu-id $ASCEND_DEVICE_ID]                       (1p scripts)
+#            [--epochs 3 --max-iters 200]                       (performance scripts)
+#            --output-dir $OUTPUT_ROOT/$ASCEND_DEVICE_ID/train_<mode>_<n>p_bs<b>
+#            --data DIR                                         (see "Data" below)
+#            <every other argument of the script>               (last, so they win)
+# e.g. `bash test/train_full_8p.sh --device cpu --dataset synthetic --depth 18 --epochs 1
+# --nproc 2` is a CPU smoke run; with --nproc 2 an 8p script's global batch stays 128.
+#
+# Arguments
+#   --data_path=DIR | --data_path DIR  the cifar-100-python folder or its parent: the
+#                                      trainer's --data DIR. A DIR that does not exist is
+#                                      one `error:` line and exit status 2.
+#   anything else                      passed through to the trainer unchanged.
+# Data: without --data_path, the seed downloaded CIFAR-100 by itself; so do these scripts:
+#   they pass `--data <repo>/data --download` (fetched once, reused afterwards) unless the
+#   arguments carry their own --data. `--dataset synthetic` needs no data (and ignores both).
+# Environment
+#   ASCEND_DEVICE_ID  card of 1p runs (--gpu-id) and name of the output folder (default 0)
+#   OUTPUT_ROOT       folder that holds <ASCEND_DEVICE_ID>/ (default <repo>/test/output)
+#   PYTHON            interpreter that runs the trainer (default python3)
+#   test/env_npu.sh is sourced first: it sets the Ascend variables when CANN is installed.
+# Output in $OUTPUT_ROOT/$ASCEND_DEVICE_ID/
+#   train_<id>.log        the trainer's whole stdout+stderr (also shown on the console)
+#   train_<mode>_<n>p_bs<b>/  the trainer's --output-dir (checkpoints, summary.json,
+#                         config.yaml, train.log, curves.png); emptied before each run unless
+#                         the arguments hold --resume. A --output-dir argument replaces it.
+#   <CaseName>.log        `key = value` lines: Network, RankSize, BatchSize, DeviceType,
+#                         CaseName, ActualFPS, TrainingTime (ms per global step), TrainAccuracy
+#                         (final validation top-1, %), ActualLoss (last epoch's training loss),
+#                         E2ETrainingTime (s); every value read from the run's summary.json.
+#                         CaseName = <Network>_bs<global batch>_<processes>p_{perf|acc}.
+# Exit status: the trainer's. A failed run writes no <CaseName>.log, and the one of an
+# earlier run with the same CaseName is removed before training starts.
+
+MODELZOO_NETWORK="Resnet50-cifar_for_PyTorch"
+MODELZOO_TEST_DIR="$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+MODELZOO_REPO="$(dirname -- "$MODELZOO_TEST_DIR")"
+
+_modelzoo_error() {
+    echo "error: $*" >&2
+}
+
+# Prints three lines: global batch, number of processes, absolute trainer output dir, as the
+# trainer will resolve them from "$@" with its own parser and --config file, before its value
+# checks (so that a run refused for another value still has its CaseName). If the arguments do
+# not even parse, the last value of each flag among them is taken.
+_modelzoo_resolve() {
+    PYTHONPATH="$MODELZOO_REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" - "$@" <<'PY'
+import contextlib
+import io
+import os
+import sys
+
+args = sys.argv[1:]
+try:
+    from ignite_rn50.config import FIELDS, build_parser, load_yaml
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        values = vars(build_parser().parse_args(args))
+        values = {**(load_yaml(values.pop("config")) if "config" in values else {}), **values}
+    get = lambda name: values.get(name, FIELDS[name].default)  # noqa: E731
+    batch, processes = get("batch_size"), get("nproc") * get("world_size")
+    out = get("output_dir")
+except (Exception, SystemExit):
+    last = {"--batch-size": None, "--nproc": None, "--world-size": "1", "--output-dir": None}
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in last:
+            if eq:
+                last[flag] = value
+            elif i + 1 < len(args):
+                last[flag] = args[i + 1]
+    batch = last["--batch-size"]
+    try:
+        processes = int(last["--nproc"]) * int(last["--world-size"])
+    except (TypeError, ValueError):
+        processes = None
+    out = last["--output-dir"]
+print("" if batch is None else batch)
+print("" if processes is None else processes)
+print(os.path.abspath(os.path.expanduser(str(out))))
+PY
+}
+
+# Reads summary.json, writes <CaseName>.log (atomically) and prints the ModelZoo lines.
+_modelzoo_report() {
+    "$PYTHON" - "$@" <<'PY'
+import json
+import os
+import sys
+
+summary_path, stamp, log_dir, network, kind = sys.argv[1:6]
+if not os.path.isfile(summary_path) or os.path.getmtime(summary_path) < os.path.getmtime(stamp):
+    sys.exit(f"error: the trainer exited 0 but wrote no summary.json for this run in "
+             f"{os.path.dirname(summary_path)}; no CaseName log written")
+with open(summary_path) as fh:
+    s = json.load(fh)
+if not s.get("epochs_completed") or s.get("final_top1") is None:
+    sys.exit(f"error: the run completed no epoch ({summary_path}); no CaseName log written")
+batch, ranks, fps = int(s["global_batch_size"]), int(s["world_size"]), s.get("fps")
+case = f"{network}_bs{batch}_{ranks}p_{kind}"
+fps_text = f"{fps:.2f}" if fps else "n/a"
+step_ms = f"{batch * 1000 / fps:.2f}" if fps else "n/a"
+accuracy = f"{100 * s['final_top1']:.2f}"
+loss = f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "n/a"
+e2e = str(round(s["e2e_seconds"]))
+lines = [("Network", network), ("RankSize", ranks), ("BatchSize", batch),
+         ("DeviceType", s["device_type"]), ("CaseName", case), ("ActualFPS", fps_text),
+         ("TrainingTime", step_ms), ("TrainAccuracy", accuracy), ("ActualLoss", loss),
+         ("E2ETrainingTime", e2e)]
+path = os.path.join(log_dir, f"{case}.log")
+with open(path + ".tmp", "w") as fh:
+    fh.writelines(f"{key} = {value}\n" for key, value in lines)
+os.replace(path + ".tmp", path)
+print(f"Final Performance images/sec : {fps_text}")
+print(f"Final Train Accuracy : {accuracy}")
+print(f"E2E Training Duration sec : {e2e}")
+print(f"{case}: {path}")
+PY
+}
+
+modelzoo_main() {
+    local kind batch ranks data_path="" have_data_path=0 user_has_data=0 user_resume=0 help=0
+    local -a user_args=() args=()
+    case "${MODE:-}" in
+        full) kind=acc ;;
+        performance) kind=perf ;;
+        *) _modelzoo_error "MODE must be full or performance, got '${MODE:-}'"; return 2 ;;
+    esac
+    ranks="${RANK_SIZE:?RANK_SIZE is not set}"
+    batch=$((RANK_SIZE * ${BATCH_PER_DEVICE:?BATCH_PER_DEVICE is not set}))
+
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --data_path=*) data_path="${1#--data_path=}"; have_data_path=1 ;;
+            --data_path)
+                if [ $# -lt 2 ]; then
+                    _modelzoo_error "--data_path needs a folder: --data_path=DIR"; return 2
+                fi
+                data_path="$2"; have_data_path=1; shift ;;
+            *)
+                case "$1" in
+                    --data|--data=*) user_has_data=1 ;;
+                    --resume|--resume=*) user_resume=1 ;;
+                    -h|--help) help=1 ;;
+                esac
+                user_args+=("$1") ;;
+        esac
+        shift
+    done
+
+    if [ "$help" -eq 1 ]; then
+        echo "usage: bash $0 [--data_path=DIR] [trainer flags]: runs the trainer below with the" \
+            "script's flags (see test/common.sh), then yours"
+        PYTHONPATH="$MODELZOO_REPO${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" \
+            -m ignite_rn50.run --help
+        return
+    fi
+    if [ "$have_data_path" -eq 1 ] && [ -z "$data_path" ]; then
+        _modelzoo_error "--data_path needs a folder: --data_path=DIR"
+        return 2
+    fi
+    ASCEND_DEVICE_ID="${ASCEND_DEVICE_ID:-0}"
+    if ! [[ "$ASCEND_DEVICE_ID" =~ ^[0-9]+$ ]]; then
+        _modelzoo_error "ASCEND_DEVICE_ID must be a card number (0, 1, ...), got '$ASCEND_DEVICE_ID'"
+        return 2
+    fi
+    PYTHON="${PYTHON:-python3}"
+    if [ -f "$MODELZOO_TEST_DIR/env_npu.sh" ]; then
+        # shellcheck source=env_npu.sh
+        source "$MODELZOO_TEST_DIR/env_npu.sh"
+    fi
+
+    local out_root="${OUTPUT_ROOT:-$MODELZOO_TEST_DIR/output}"
+    local log_dir="$out_root/$ASCEND_DEVICE_ID"
+    mkdir -p "$log_dir" || { _modelzoo_error "cannot create $log_dir"; return 2; }
+    log_dir="$(CDPATH='' cd -- "$log_dir" && pwd -P)"
+    local run_dir="$log_dir/train_${MODE}_${RANK_SIZE}p_bs${BATCH_PER_DEVICE}"
+    local train_log="$log_dir/train_${ASCEND_DEVICE_ID}.log"
+
+    args=(--config "$MODELZOO_REPO/configs/resnet50_cifar100.yaml" --batch-size "$batch"
+          --nproc "$RANK_SIZE")
+    if [ "$RANK_SIZE" -eq 1 ]; then args+=(--gpu-id "$ASCEND_DEVICE_ID"); fi
+    if [ "$kind" = perf ]; then args+=(--epochs 3 --max-iters 200); fi
+    args+=(--output-dir "$run_dir")
+    if [ "$have_data_path" -eq 1 ]; then
+        args+=(--data "$data_path")
+    elif [ "$user_has_data" -eq 0 ]; then
+        args+=(--data "$MODELZOO_REPO/data" --download)
+    fi
+    args+=("${user_args[@]}")
+
+    # What the trainer will really use (the arguments may override batch, --nproc, output).
+    local resolved eff_batch eff_ranks eff_out
+    resolved="$(_modelzoo_resolve "${args[@]}")"
+    { read -r eff_batch; read -r eff_ranks; read -r eff_out; } <<<"$resolved"
+    rm -f "$log_dir/${MODELZOO_NETWORK}_bs${batch}_${ranks}p_${kind}.log" \
+          "$log_dir/${MODELZOO_NETWORK}_bs${eff_batch:-$batch}_${eff_ranks:-$ranks}p_${kind}.log"
+
+    if [ "$have_data_path" -eq 1 ] && [ ! -d "$data_path" ]; then
+        _modelzoo_error "--data_path $data_path does not exist or is not a folder; pass the" \
+            "folder that holds cifar-100-python/ (or that folder itself)"
+        return 2
+    fi
+    if [ "$user_resume" -eq 0 ] && [ "$eff_out" = "$run_dir" ]; then
+        rm -rf "$run_dir"   # our own folder: a fresh run (the trainer refuses old checkpoints)
+    fi
+
+    local stamp="$log_dir/.${MODE}_${RANK_SIZE}p_bs${BATCH_PER_DEVICE}.started"
+    : >"$stamp"
+    local status
+    {
+        printf 'ModelZoo %s %sp bs%s: %s -m ignite_rn50.run' "$MODE" "$RANK_SIZE" "$batch" "$PYTHON"
+        printf ' %q' "${args[@]}"
+        printf '\n'
+        PYTHONPATH="$MODELZOO_REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m ignite_rn50.run \
+            "${args[@]}" 2>&1
+    } | tee "$train_log"
+    status=${PIPESTATUS[0]}
+    if [ "$status" -ne 0 ]; then
+        rm -f "$stamp"
+        _modelzoo_error "training failed (exit status $status); no CaseName log written;" \
+            "full log: $train_log"
+        return "$status"
+    fi
+    _modelzoo_report "$eff_out/summary.json" "$stamp" "$log_dir" "$MODELZOO_NETWORK" "$kind"
+    status=$?
+    rm -f "$stamp"
+    return "$status"
+}

@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny runs, real cifar-100-python files, the NPU stand-in, subprocess CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+STANDIN = Path(os.environ.get("NPU_STANDIN", REPO.parent / "shared" / "npu-standin"))
+
+# A run small enough for seconds on 2 CPU cores: ResNet-18 on 8x8 synthetic images.
+TINY = ["--device", "cpu", "--dataset", "synthetic", "--synthetic-image-size", "8",
+        "--synthetic-train-size", "256", "--synthetic-test-size", "64",
+        "--synthetic-classes", "10", "--depth", "18", "--batch-size", "32", "--epochs", "2",
+        "--lr", "0.05", "--lr-milestones", "100", "--print-freq", "4", "--loggers",
+        "--progress-bar", "off", "--num-workers", "0"]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CLEARML_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_",
+                                "SLURM_", "TORCHELASTIC"))}
+    env["PYTHONPATH"] = str(REPO)
+    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: float = 300,
+            cwd: Path | None = None, module: str = "ignite_rn50.run"
+            ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], env=env or base_env(),
+                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def read_summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Exit 2, no traceback, a single 'error:' line naming the problem."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def write_cifar(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0,
+                parent: bool = True) -> Path:
+    """Real cifar-100-python pickles (the official layout and keys), small."""
+    folder = root / "cifar-100-python" if parent else root
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, n in (("train", n_train), ("test", n_test)):
+        fine = rng.integers(0, 100, n)
+        obj = {"filenames": [f"img_{i}.png" for i in range(n)],
+               "batch_label": f"{name} batch", "fine_labels": fine.tolist(),
+               "coarse_labels": (fine // 5).tolist(),
+               "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(obj, fh)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({"fine_label_names": [f"class{i}" for i in range(100)],
+                     "coarse_label_names": [f"super{i}" for i in range(20)]}, fh)
+    return folder
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    write_cifar(tmp_path / "data")
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def standin_env() -> dict[str, str]:
+    """Environment that puts ../shared/npu-standin's torch_npu on the path (skip if absent)."""
+    if not (STANDIN / "torch_npu" / "__init__.py").is_file():
+        pytest.skip("../shared/npu-standin is absent")
+    build = Path(os.environ.get("FAKENPU_BUILD_DIR", "/tmp/fakenpu-build-tests"))
+    return base_env(PYTHONPATH=f"{STANDIN}{os.pathsep}{REPO}", FAKENPU_BUILD_DIR=str(build))
+
+
+def model_state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]

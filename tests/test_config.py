@@ -1,0 +1,101 @@
+"""Config: one declaration, strict YAML schema, flags over file over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ignite_rn50.config import FIELDS, Config, load_yaml, parse_config, save_config
+from ignite_rn50.errors import UserError
+
+from .conftest import REPO, assert_one_line_error, run_cli
+
+
+def test_reference_config_is_the_seed_recipe() -> None:
+    cfg = parse_config(["--config", str(REPO / "configs/resnet50_cifar100.yaml"),
+                        "--data", "/nonexistent"])
+    assert (cfg.depth, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.epochs) == \
+        (50, 128, 0.1, 0.9, 5e-4, 200)
+    assert (cfg.lr_milestones, cfg.lr_gamma, cfg.nesterov) == ([60, 120, 160], 0.2, False)
+
+
+@pytest.mark.parametrize("name", ["resnet50_cifar100", "resnet50_cifar100_1p_bs16",
+                                  "resnet50_cifar100_1p_bs32", "quickstart"])
+def test_shipped_configs_load(name: str) -> None:
+    values = load_yaml(REPO / "configs" / f"{name}.yaml")
+    assert set(values) <= set(FIELDS)
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("lr: 0.3\nepochs: 7\ndataset: synthetic\n")
+    cfg = parse_config(["--config", str(path), "--epochs", "9"])
+    assert (cfg.lr, cfg.epochs, cfg.momentum) == (0.3, 9, 0.9)
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset: synthetic\nlearning_rate: 0.1\n")
+    with pytest.raises(UserError, match=r"unknown key 'learning_rate' in config file .*bad\.yaml"):
+        load_yaml(path)
+
+
+@pytest.mark.parametrize("text, key", [("epochs: ten\n", "epochs"), ("lr: true\n", "lr"),
+                                       ("lr_milestones: 60\n", "lr_milestones"),
+                                       ("amp: 1\n", "amp")])
+def test_wrong_type_names_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=f"key '{key}' in config file .*bad.yaml must be"):
+        load_yaml(path)
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = parse_config(["--dataset", "synthetic", "--lr", "0.2", "--loss-scale", "1024"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = parse_config(["--config", str(tmp_path / "config.yaml")])
+    assert again == cfg
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["loss_scale"] == 1024.0
+
+
+def test_config_is_frozen() -> None:
+    cfg = Config(dataset="synthetic")
+    with pytest.raises(AttributeError):
+        cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_help_lists_every_flag_with_default() -> None:
+    proc = run_cli(["--help"])
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for name in FIELDS:
+        flag = "--" + name.replace("_", "-")
+        assert flag in text, flag
+    for seed_flag in ("--device", "--gpu-id", "--seed", "--world-size", "--amp", "--momentum",
+                      "--weight-decay", "--batch-size", "--lr", "--epochs", "--data",
+                      "--print-freq", "--addr", "--nproc"):
+        assert seed_flag in text
+    assert text.count("(default:") >= len(FIELDS)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--lr", "-0.1"], "--lr must be positive"),
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--batch-size", "30", "--nproc", "4"], "must divide evenly over 4 processes"),
+    (["--depth", "20"], "--depth"),
+    (["--epochs", "many"], "--epochs"),
+])
+def test_bad_flag_values_one_line_exit_2(tmp_path: Path, args: list[str], needle: str) -> None:
+    proc = run_cli(["--dataset", "synthetic", "--output-dir", str(tmp_path / "o"), *args])
+    assert_one_line_error(proc, needle)
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_config_key_cli_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("dataset: synthetic\nbatchsize: 16\n")
+    assert_one_line_error(run_cli(["--config", str(path)]), "unknown key 'batchsize'",
+                          str(path))

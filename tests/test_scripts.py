@@ -1,0 +1,248 @@
+"""The ModelZoo scripts in test/ (DESIGN §4): smoke runs of all eight, their CaseName logs
+against summary.json, the npu path on the stand-in, the failure paths and env_npu.sh."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY, base_env
+
+TEST_DIR = REPO / "test"
+NETWORK = "Resnet50-cifar_for_PyTorch"
+KEYS = ["Network", "RankSize", "BatchSize", "DeviceType", "CaseName", "ActualFPS",
+        "TrainingTime", "TrainAccuracy", "ActualLoss", "E2ETrainingTime"]
+# script -> (mode, processes the script asks for, batch per device)
+SCRIPTS = {
+    "train_full_1p.sh": ("full", 1, 16),
+    "train_full_1p_bs32.sh": ("full", 1, 32),
+    "train_performance_1p.sh": ("performance", 1, 16),
+    "train_performance_1p_bs32.sh": ("performance", 1, 32),
+    "train_full_8p.sh": ("full", 8, 16),
+    "train_full_8p_bs32.sh": ("full", 8, 32),
+    "train_performance_8p.sh": ("performance", 8, 16),
+    "train_performance_8p_bs32.sh": ("performance", 8, 32),
+}
+
+
+def _without(flags: list[str], *names: str) -> list[str]:
+    out, skip = [], False
+    for flag in flags:
+        if skip:
+            skip = False
+        elif flag in names:
+            skip = True
+        else:
+            out.append(flag)
+    return out
+
+
+# TINY minus its --batch-size (each script's own batch must stay), one iteration of one epoch.
+SMOKE = _without(TINY, "--batch-size") + ["--epochs", "1", "--max-iters", "1",
+                                          "--synthetic-test-size", "16", "--print-freq", "1"]
+
+
+def smoke_8p() -> list[str]:
+    """8p scripts keep their global batch 128/256, split over 2 processes; each run gets its
+    own free rendezvous port (other test runs on this machine may hold 29500)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return ["--nproc", "2", "--synthetic-train-size", "512", "--port", str(port)]
+
+
+def script_env(out_root: Path, device_id: str = "0", env: dict[str, str] | None = None,
+               ) -> dict[str, str]:
+    env = dict(env or base_env())
+    # One thread per process: 2 busy-waiting threads per process on 2 shared cores make
+    # these tiny steps tens of times slower.
+    env.update(OUTPUT_ROOT=str(out_root), ASCEND_DEVICE_ID=device_id, PYTHON=sys.executable,
+               OMP_NUM_THREADS="1")
+    return env
+
+
+def run_script(name: str, args: list[str], env: dict[str, str], cwd: Path = REPO,
+               timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(TEST_DIR / name), *args], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_case_log(path: Path) -> list[tuple[str, str]]:
+    pairs = []
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition(" = ")
+        assert sep, f"not a 'key = value' line: {line!r}"
+        pairs.append((key, value))
+    return pairs
+
+
+def case_logs(folder: Path) -> list[Path]:
+    return sorted(folder.glob(f"{NETWORK}_*.log"))
+
+
+def check_case_log(folder: Path, summary: dict, kind: str, stdout: str) -> dict[str, str]:
+    """The CaseName log holds the ten keys in order, each value taken from summary.json."""
+    batch, ranks, fps = summary["global_batch_size"], summary["world_size"], summary["fps"]
+    case = f"{NETWORK}_bs{batch}_{ranks}p_{kind}"
+    assert [p.name for p in case_logs(folder)] == [f"{case}.log"]
+    pairs = read_case_log(folder / f"{case}.log")
+    assert [k for k, _ in pairs] == KEYS
+    values = dict(pairs)
+    assert fps and fps > 0, summary
+    assert values == {
+        "Network": NETWORK, "RankSize": str(ranks), "BatchSize": str(batch),
+        "DeviceType": summary["device_type"], "CaseName": case,
+        "ActualFPS": f"{fps:.2f}", "TrainingTime": f"{batch * 1000 / fps:.2f}",
+        "TrainAccuracy": f"{100 * summary['final_top1']:.2f}",
+        "ActualLoss": f"{summary['final_loss']:.4f}",
+        "E2ETrainingTime": str(round(summary["e2e_seconds"])),
+    }
+    assert f"Final Performance images/sec : {values['ActualFPS']}" in stdout
+    assert f"Final Train Accuracy : {values['TrainAccuracy']}" in stdout
+    assert f"E2E Training Duration sec : {values['E2ETrainingTime']}" in stdout
+    return values
+
+
+def test_scripts_are_executable_bash() -> None:
+    for name in [*SCRIPTS, "common.sh", "env_npu.sh"]:
+        subprocess.run(["bash", "-n", str(TEST_DIR / name)], check=True)
+    for name in SCRIPTS:
+        assert os.access(TEST_DIR / name, os.X_OK), name
+
+
+# cwd: the repo root, test/, or anywhere else (the repo is found from the script's location);
+# a non-zero ASCEND_DEVICE_ID names the output folder (and is the ignored --gpu-id on cpu).
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_script_cpu_smoke(name: str, tmp_path: Path, cifar_dir: Path) -> None:
+    mode, nproc, per_device = SCRIPTS[name]
+    index = list(SCRIPTS).index(name)
+    cwd = (REPO, TEST_DIR, tmp_path)[index % 3]
+    device_id = "3" if index % 2 else "0"
+    env = script_env(tmp_path / "out", device_id)
+    folder = tmp_path / "out" / device_id
+    run_dir = folder / f"train_{mode}_{nproc}p_bs{per_device}"
+    args = SMOKE + (smoke_8p() if nproc == 8 else [])
+    if index == 1:
+        # `--data_path DIR` trains on real cifar-100-python files; a user --output-dir wins
+        # over the script's and summary.json is read from there.
+        run_dir = tmp_path / "mine"
+        args = ["--data_path", str(cifar_dir), *args, "--dataset", "cifar100",
+                "--output-dir", str(run_dir)]
+    if index == 0:   # run it as an executable, from the repo root
+        proc = subprocess.run([f"./test/{name}", *args], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=240)
+    else:
+        proc = run_script(name, args, env, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    batch = nproc * per_device   # global: 16/32 on 1p, 128/256 on 8p (here over 2 processes)
+    assert (summary["global_batch_size"], summary["world_size"]) == (batch, min(nproc, 2))
+    assert summary["device_type"] == "cpu" and summary["epochs_completed"] == 1
+    assert summary["dataset"] == ("cifar100" if index == 1 else "synthetic")
+    check_case_log(folder, summary, "acc" if mode == "full" else "perf", proc.stdout)
+
+    log = (folder / f"train_{device_id}.log").read_text()
+    assert "Epoch [1/1] done" in log
+    command = log.splitlines()[0]   # the trainer command: script flags, then the user's
+    assert f"configs/resnet50_cifar100.yaml --batch-size {batch} --nproc {nproc}" in command
+    assert ("--epochs 3 --max-iters 200" in command) == (mode == "performance")
+    assert (f"--gpu-id {device_id}" in command) == (nproc == 1)
+    assert command.index("--output-dir") < command.index("--device cpu")
+    if index == 1:
+        assert f"--data {cifar_dir}" in command and "--download" not in command
+    else:   # no --data_path: the seed's automatic download into <repo>/data
+        assert f"--data {REPO / 'data'} --download" in command
+
+
+# fp16 is emulated on the CPU by the stand-in, tens of times slower: fp32 keeps these short.
+@pytest.mark.parametrize("name", ["train_performance_1p.sh", "train_full_8p.sh"])
+def test_script_npu_standin(name: str, tmp_path: Path, standin_env: dict[str, str]) -> None:
+    mode, nproc, per_device = SCRIPTS[name]
+    args = _without(SMOKE, "--device") + ["--device", "npu", "--no-amp"]
+    args += smoke_8p() if nproc == 8 else []
+    proc = run_script(name, args, script_env(tmp_path, "1", standin_env), timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = tmp_path / "1"
+    summary = json.loads(
+        (folder / f"train_{mode}_{nproc}p_bs{per_device}" / "summary.json").read_text())
+    assert summary["device_type"] == "npu"
+    if nproc == 1:
+        assert summary["device"] == "npu:1"   # ASCEND_DEVICE_ID picks the card
+    else:
+        assert summary["world_size"] == 2
+    values = check_case_log(folder, summary, "acc" if mode == "full" else "perf", proc.stdout)
+    assert values["DeviceType"] == "npu"
+
+
+def _plant_stale_log(folder: Path, case: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    stale = folder / f"{NETWORK}_{case}.log"
+    stale.write_text("".join(f"{key} = 1\n" for key in KEYS))
+    return stale
+
+
+def test_missing_data_path(tmp_path: Path) -> None:
+    stale = _plant_stale_log(tmp_path / "0", "bs16_1p_acc")
+    missing = tmp_path / "no-such-dir"
+    proc = run_script("train_full_1p.sh", [f"--data_path={missing}", *SMOKE],
+                      script_env(tmp_path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"error: --data_path {missing} does "
+                                                     "not exist"), errors
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not stale.exists() and case_logs(tmp_path / "0") == []
+
+
+def test_training_failure_writes_no_case_log(tmp_path: Path) -> None:
+    """The trainer's exit status comes back; no CaseName log, and the earlier one is gone."""
+    stale = _plant_stale_log(tmp_path / "0", "bs256_2p_perf")
+    args = SMOKE + smoke_8p() + ["--lr", "-1"]
+    proc = run_script("train_performance_8p_bs32.sh", args, script_env(tmp_path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--lr must be positive" in proc.stdout   # the trainer's own line, via the log
+    assert "error: training failed (exit status 2)" in proc.stderr
+    assert not stale.exists() and case_logs(tmp_path / "0") == []
+    assert "--lr must be positive" in (tmp_path / "0" / "train_0.log").read_text()
+
+
+ENV_VARS = ("TASK_QUEUE_ENABLE", "HCCL_CONNECT_TIMEOUT", "FAKE_CANN_SOURCED")
+
+
+def _source_env_npu(env: dict[str, str]) -> subprocess.CompletedProcess:
+    # set -eu in the caller: env_npu.sh must neither kill it nor exit.
+    script = (f"set -eu; source {TEST_DIR / 'env_npu.sh'}; echo sourced; "
+              "for v in " + " ".join(ENV_VARS) + "; do echo \"$v=${!v:-}\"; done; "
+              "case $- in *e*u*|*u*e*) echo opts-kept;; esac")
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_env_npu_without_cann(tmp_path: Path) -> None:
+    env = {k: v for k, v in base_env().items() if k not in ENV_VARS}
+    env["CANN_INSTALL_PATH"] = str(tmp_path / "no-cann")
+    proc = _source_env_npu(env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.split() == ["sourced", *(f"{v}=" for v in ENV_VARS), "opts-kept"]
+
+
+def test_env_npu_with_cann(tmp_path: Path) -> None:
+    toolkit = tmp_path / "Ascend" / "ascend-toolkit"
+    toolkit.mkdir(parents=True)
+    # a set_env.sh that trips over the caller's `set -u` and fails, as real ones may
+    (toolkit / "set_env.sh").write_text(
+        'export FAKE_CANN_SOURCED="$UNSET_BY_ANYONE"yes\nfalse\n')
+    env = {k: v for k, v in base_env().items() if k not in ENV_VARS}
+    env.update(CANN_INSTALL_PATH=str(tmp_path / "Ascend"), HCCL_CONNECT_TIMEOUT="77")
+    proc = _source_env_npu(env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["sourced", "TASK_QUEUE_ENABLE=1",
+                                   "HCCL_CONNECT_TIMEOUT=77",  # the user's value is kept
+                                   "FAKE_CANN_SOURCED=yes", "opts-kept"]

@@ -1,0 +1,112 @@
+"""End-to-end single-process runs through the real CLI: learning, artifacts, resume, NPU path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from .conftest import TINY, base_env, model_state, read_summary, run_cli
+
+
+def test_two_epoch_run_learns_and_writes_everything(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_cli([*TINY, "--synthetic-train-size", "512", "--synthetic-test-size", "128",
+                    "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_summary(out)
+    assert summary["epochs_completed"] == 2 and summary["world_size"] == 1
+    assert summary["global_batch_size"] == 32 and summary["device"] == "cpu"
+    assert summary["final_top1"] > 0.25, summary  # chance is 0.10 with 10 classes
+    assert summary["best_top1"] >= summary["final_top1"]
+    assert summary["fps"] > 0 and 0 <= summary["data_wait_share"] < 1
+    for key in ("final_top5", "final_loss", "e2e_seconds", "amp"):
+        assert summary[key] is not None
+    assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_1.pt",
+                                                                   "checkpoint_2.pt"]
+    assert len(list(out.glob("best_checkpoint_*_top1=*.pt"))) == 1
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
+    log = (out / "train.log").read_text()
+    assert "Epoch [2/2] Iter [16/16] loss" in log and "top-1" in log
+    # one log line per --print-freq iterations: 16 iterations / 4 per epoch
+    assert log.count("Epoch [1/2] Iter") == 4
+    state = torch.load(out / "checkpoint_2.pt", map_location="cpu", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer", "record"} <= set(state)
+    assert state["trainer"]["iteration"] == 32
+
+
+def test_resume_2_to_3_equals_uninterrupted_3(tmp_path: Path) -> None:
+    args = [*TINY, "--lr-milestones", "2", "--warmup-iters", "3"]
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run_cli([*args, "--epochs", "3", "--output-dir", str(full)]).returncode == 0
+    assert run_cli([*args, "--epochs", "2", "--output-dir", str(part)]).returncode == 0
+    proc = run_cli([*args, "--epochs", "3", "--output-dir", str(part), "--resume", "auto"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "checkpoint_2.pt" in proc.stdout
+    a, b = model_state(full / "checkpoint_3.pt"), model_state(part / "checkpoint_3.pt")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["epoch"] for r in read_summary(part)["history"]] == [1, 2, 3]
+    assert read_summary(part)["final_top1"] == read_summary(full)["final_top1"]
+
+
+def test_existing_checkpoints_without_resume_refused(tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
+    before = {p.name: p.stat().st_mtime for p in out.iterdir()}
+    proc = run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)])
+    assert proc.returncode == 2 and "--resume auto" in proc.stderr
+    assert {p.name: p.stat().st_mtime for p in out.iterdir()} == before
+
+
+def test_torchvision_pipeline_trains(tmp_path: Path) -> None:
+    out = tmp_path / "tv"
+    proc = run_cli([*TINY, "--epochs", "1", "--data-pipeline", "torchvision",
+                    "--num-workers", "1", "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_summary(out)["iterations"] == 8
+
+
+def test_npu_path_on_standin(tmp_path: Path, standin_env: dict[str, str]) -> None:
+    out = tmp_path / "npu"
+    # fp16 convolutions are ~10 s a step on the stand-in: two steps an epoch, tiny eval
+    args = [*TINY, "--device", "npu", "--amp", "--epochs", "1", "--batch-size", "8",
+            "--max-iters", "2", "--synthetic-test-size", "16", "--eval-batch-size", "16",
+            "--output-dir", str(out)]
+    proc = run_cli(args, env=standin_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_summary(out)
+    assert summary["device"] == "npu:0" and summary["step_device"] == "npu:0"
+    assert summary["step_dtype"] == "torch.float16" and summary["amp"] == "float16"
+    state = torch.load(out / "checkpoint_1.pt", map_location="cpu", weights_only=True)
+    assert "scaler" in state and state["scaler"]["scale"] > 0
+
+    proc = run_cli([*args, "--epochs", "2", "--resume", "auto"], env=standin_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and read_summary(out)["epochs_completed"] == 2
+
+    # a CPU-only process (no torch_npu anywhere) loads the NPU checkpoint
+    code = ("import sys, torch; s = torch.load(sys.argv[1], map_location='cpu', "
+            "weights_only=True); import importlib.util as u; "
+            "assert u.find_spec('torch_npu') is None; "
+            "w = s['model']['fc.weight']; print(w.device, w.dtype, tuple(w.shape))")
+    cpu = subprocess.run([sys.executable, "-c", code, str(out / "checkpoint_2.pt")],
+                         env=base_env(), capture_output=True, text=True, timeout=120)
+    assert cpu.returncode == 0, cpu.stderr[-2000:]
+    assert cpu.stdout.split() == ["cpu", "torch.float32", "(10,", "512)"]
+
+
+def test_summary_is_valid_json_every_epoch(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
+    data = json.loads((out / "summary.json").read_text())
+    for key in ("fps", "best_top1", "final_top1", "final_top5", "final_loss",
+                "epochs_completed", "world_size", "global_batch_size", "device", "amp",
+                "e2e_seconds"):
+        assert key in data
