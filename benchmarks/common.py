@@ -19,7 +19,7 @@ from ignite_rn50.data import ImageSet, make_synthetic  # noqa: E402
 
 
 def parser(description: str, *, depth: int = 18, batch_size: int = 32, image_size: int = 16,
-           num_classes: int = 100, steps: int = 10, warmup: int = 3, repeats: int = 3,
+           num_classes: int = 100, steps: int = 10, warmup: int = 3, repeats: int | None = 3,
            train_size: int | None = None, threads: int | None = None,
            ) -> argparse.ArgumentParser:
     """Flags every benchmark shares; defaults are small enough for a 2-core CPU."""
@@ -32,7 +32,8 @@ def parser(description: str, *, depth: int = 18, batch_size: int = 32, image_siz
     p.add_argument("--num-classes", type=int, default=num_classes)
     p.add_argument("--steps", type=int, default=steps, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=warmup, help="untimed steps per measurement")
-    p.add_argument("--repeats", type=int, default=repeats, help="interleaved measurements")
+    if repeats:
+        p.add_argument("--repeats", type=int, default=repeats, help="interleaved measurements")
     p.add_argument("--train-size", type=int, default=train_size,
                    help="synthetic images (default: enough for warmup + steps batches)")
     p.add_argument("--threads", type=int, default=threads or os.cpu_count() or 1,
@@ -49,7 +50,7 @@ def setup(args: argparse.Namespace) -> torch.device:
         dev.import_torch_npu()
     if device.type != "cpu" and device.index is None:
         device = dev.current_device(device.type)
-    dev.configure_backends(device)
+    dev.configure_backends(device, 1)  # one process: leaves our thread count alone
     return device
 
 
@@ -83,7 +84,7 @@ def now(device: torch.device) -> float:
 
 
 def interleave(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
-    """A B A B ...: each callable returns img/s; drift on a busy machine hits both alike."""
+    """A B, B A, A B ...: each callable returns img/s; drift on a busy machine hits both alike."""
     results: dict[str, list[float]] = {name: [] for name in measures}
     for r in range(repeats):
         order = list(measures) if r % 2 == 0 else list(reversed(measures))

@@ -57,7 +57,8 @@ class OutsideClock:
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0], image_size=8, steps=12, warmup=5, threads=1)
+    p = parser(__doc__.splitlines()[0], image_size=8, steps=12, warmup=5, threads=1,
+               repeats=None)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--eval-size", type=int, default=256, help="test images per evaluation")
     args = p.parse_args()  # --steps: iterations per epoch; --warmup: FpsMeter's warm-up

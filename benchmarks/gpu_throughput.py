@@ -64,7 +64,7 @@ def measure(case: Case, args, device: torch.device) -> tuple[float, float | None
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0], depth=50, image_size=32, steps=100, warmup=15,
-               repeats=1)
+               repeats=None)
     p.add_argument("--quick", action="store_true",
                    help="tiny check: ResNet-18, 8x8, batch <= 2, 1 warm-up + 2 steps")
     p.add_argument("--max-batch", type=int, default=0, help="cap every batch size (0: none)")

@@ -33,6 +33,8 @@ def epoch_rate(data: Iterable, device: torch.device) -> float:
 
 
 def main() -> None:
+    # --threads defaults to the CPU count, as the trainer runs; on a machine shared with other
+    # jobs prefer --threads 1 (several threads thrash when a neighbour takes a core)
     p = parser(__doc__.splitlines()[0], batch_size=256, image_size=32, train_size=10_000)
     p.add_argument("--num-workers", type=int, default=os.cpu_count() or 1,
                    help="DataLoader worker processes (default: the machine's CPU count)")

@@ -116,65 +116,72 @@ class NonFiniteLoss(RuntimeError):
 
 
 class LossTracker:
-    """Running sums of the loss on the device; synced every ``print_freq`` iterations.
+    """Per-step losses stay on the device; read every ``print_freq`` iterations and at epoch end.
 
-    ignite's RunningAverage and TerminateOnNan read the loss on the host every iteration
-    (a device sync per step); this keeps the sums and the first bad iteration on the device
-    and reads them with one small all-reduce at each print point and at epoch end, where all
-    ranks stop together if any saw a non-finite loss.
+    ignite's RunningAverage and TerminateOnNan read the loss on the host every iteration (a
+    device sync per step). Here a step costs one copy into a preallocated buffer; at each
+    reading point the unread slice comes to the host in one transfer and, with several
+    processes, one small all-reduce makes every rank agree on the window's mean and on the
+    first non-finite iteration, so all ranks stop together.
     """
 
     def __init__(self, device: torch.device, print_freq: int,
                  on_print: Callable[[Engine, float], None]) -> None:
         self.device, self.print_freq, self.on_print = device, print_freq, on_print
         self.epoch_loss: float | None = None
-        self._zero()
-
-    def _zero(self) -> None:
-        # [window sum, window count, epoch sum, epoch count, first bad iteration or 0]
-        self._acc = torch.zeros(5, dtype=torch.float64, device=self.device)
+        self._buffer = torch.zeros(0, device=device)
+        self._read = 0  # position in the buffer up to which losses were read
+        self._epoch_sum = self._epoch_count = 0.0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self._zero())
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._accumulate)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._store)
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.print_freq), self._print)
 
-    def _accumulate(self, engine: Engine) -> None:
-        loss = engine.state.output.detach().to(torch.float64)
-        finite = torch.isfinite(loss)
-        safe = torch.where(finite, loss, torch.zeros_like(loss))
-        acc = self._acc
-        acc[0] += safe
-        acc[1] += 1
-        acc[2] += safe
-        acc[3] += 1
-        first_bad = (acc[4] == 0) & ~finite
-        acc[4] = torch.where(first_bad, torch.full_like(acc[4], engine.state.iteration), acc[4])
+    @staticmethod
+    def _position(engine: Engine) -> int:
+        return (engine.state.iteration - 1) % engine.state.epoch_length
 
-    def _sync(self, engine: Engine) -> list[float]:
-        values = self._acc.clone()
+    def _epoch_started(self, engine: Engine) -> None:
+        if self._buffer.numel() != engine.state.epoch_length:
+            self._buffer = torch.zeros(engine.state.epoch_length, device=self.device)
+        self._read = engine.state.iteration % engine.state.epoch_length  # mid-epoch resume
+        self._epoch_sum = self._epoch_count = 0.0
+
+    def _store(self, engine: Engine) -> None:
+        self._buffer[self._position(engine)] = engine.state.output.detach()
+
+    def _read_window(self, engine: Engine) -> tuple[float, float]:
+        end = self._position(engine) + 1
+        values = self._buffer[self._read:end].double().cpu()
+        start, self._read = self._read, end
+        finite = torch.isfinite(values)
+        first_bad = int(torch.nonzero(~finite)[0]) + start + 1 if not finite.all() else 0
+        epoch_first = engine.state.iteration - end  # iterations before this epoch
+        stats = torch.tensor([values[finite].sum().item(), float(finite.sum()),
+                              float(epoch_first + first_bad) if first_bad else 2.0**52],
+                             dtype=torch.float64)
         if idist.get_world_size() > 1:
-            values[4] = torch.where(values[4] == 0, torch.full_like(values[4], 2**52), values[4])
-            summed = idist.all_reduce(values[:4].clone())
-            first = idist.all_reduce(values[4:].clone(), op="MIN")
-            values = torch.cat([summed, torch.where(first == 2**52, 0, first)])
-        out = values.tolist()
-        if out[4]:
-            bad = int(out[4])
+            summed = idist.all_reduce(stats[:2].to(idist.device())).cpu()
+            first = idist.all_reduce(stats[2:].to(idist.device()), op="MIN").cpu()
+            stats = torch.cat([summed, first])
+        total, count, bad = stats.tolist()
+        if bad < 2.0**52:
+            bad = int(bad)
             raise NonFiniteLoss((bad - 1) // engine.state.epoch_length + 1,
                                 (bad - 1) % engine.state.epoch_length + 1)
-        return out
+        self._epoch_sum += total
+        self._epoch_count += count
+        return total, count
 
     def _print(self, engine: Engine) -> None:
-        window_sum, window_n, *_ = self._sync(engine)
-        self._acc[0] = 0
-        self._acc[1] = 0
-        self.on_print(engine, window_sum / max(window_n, 1))
+        total, count = self._read_window(engine)
+        self.on_print(engine, total / max(count, 1))
 
     def epoch_completed(self, engine: Engine) -> None:
         """Called by the wiring before evaluation, so a NaN epoch is never evaluated or saved."""
-        _, _, epoch_sum, epoch_n, _ = self._sync(engine)
-        self.epoch_loss = epoch_sum / max(epoch_n, 1)
+        self._read_window(engine)
+        self.epoch_loss = self._epoch_sum / max(self._epoch_count, 1)
 
 
 # --- learning rate --------------------------------------------------------------------------

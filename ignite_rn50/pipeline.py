@@ -43,29 +43,40 @@ class TrainData(Protocol):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
+_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean/std tensors made once per device: building them per batch is a blocking H2D copy."""
+    if device not in _STATS:
+        mean = torch.as_tensor(MEAN01, dtype=torch.float32, device=device)[:, None, None]
+        std = torch.as_tensor(STD01, dtype=torch.float32, device=device)[:, None, None]
+        _STATS[device] = (mean, std)
+    return _STATS[device]
+
+
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 -> float normalised, with exactly torchvision's ToTensor + Normalize arithmetic."""
     x = images.to(torch.float32).div(255)
-    mean = torch.as_tensor(MEAN01, dtype=torch.float32, device=x.device)[:, None, None]
-    std = torch.as_tensor(STD01, dtype=torch.float32, device=x.device)[:, None, None]
+    mean, std = _stats(x.device)
     return x.sub_(mean).div_(std)
 
 
 def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
-    """Batched RandomCrop(padding=4) + RandomHorizontalFlip as one gather.
+    """Batched RandomCrop(padding) + RandomHorizontalFlip as one gather over flat pixels.
 
     ``offsets`` [B, 2] in 0..2*pad are the crop's top-left corner in the padded image,
-    ``flips`` [B] bool mirror the crop. Returns uint8 [B, C, H, W] (channels-last in memory).
+    ``flips`` [B] bool mirror the crop. Returns uint8 [B, C, H, W], contiguous.
     """
-    b, _, h, w = images.shape
+    b, c, h, w = images.shape
     pad = pad_for(w)
-    padded = F.pad(images, (pad, pad, pad, pad))
+    padded = F.pad(images, (pad, pad, pad, pad)).flatten(2)  # [B, C, Hp*Wp]
     rows = offsets[:, 0, None] + torch.arange(h, device=images.device)
     cols = offsets[:, 1, None] + torch.arange(w, device=images.device)
     cols = torch.where(flips[:, None], cols.flip(1), cols)
-    batch = torch.arange(b, device=images.device)[:, None, None]
-    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
-    return out.permute(0, 3, 1, 2)
+    index = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).flatten(1)  # [B, H*W]
+    out = padded.gather(2, index[:, None, :].expand(b, c, h * w))
+    return out.view(b, c, h, w)
 
 
 class DeviceTrainData:

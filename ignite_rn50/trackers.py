@@ -115,6 +115,9 @@ def _start_clearml(cfg: Config, out: Path, tracking: Tracking) -> None:
             mode = "offline"
     tracking.offline = mode == "offline"
     Task.set_offline(tracking.offline)
+    # ClearML's reporter os.fork()s a monitor subprocess at Task.init; forking a rank that
+    # already runs torch/gloo threads deadlocks the copy (seen with --nproc 2). Threads only.
+    Task._report_subprocess_enabled = False
     kwargs = dict(project_name=cfg.clearml_project, task_name=cfg.clearml_task or out.name,
                   tags=list(cfg.clearml_tags) or None, reuse_last_task_id=False,
                   auto_connect_frameworks={"pytorch": False, "tensorboard": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,12 @@ TINY = ["--device", "cpu", "--dataset", "synthetic", "--synthetic-image-size", "
         "--synthetic-classes", "10", "--depth", "18", "--batch-size", "32", "--epochs", "2",
         "--lr", "0.05", "--lr-milestones", "100", "--print-freq", "4", "--loggers",
         "--progress-bar", "off", "--num-workers", "0"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def base_env(**extra: str) -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +20,7 @@ from ignite_rn50.device import Precision
 from ignite_rn50.engine import create_evaluator
 from ignite_rn50.model import build_model
 
-from .conftest import REPO, TINY, base_env, model_state, read_summary, run_cli
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from .conftest import REPO, TINY, base_env, free_port, model_state, read_summary, run_cli
 
 
 def test_two_processes_gloo_end_to_end(tmp_path: Path) -> None:

@@ -1,0 +1,174 @@
+"""Crash-safe resume, retention, mismatched checkpoints, signals, NaN, hostile input."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ignite_rn50.handlers import find_latest_checkpoint
+
+from .conftest import (
+    REPO,
+    TINY,
+    assert_one_line_error,
+    base_env,
+    model_state,
+    read_summary,
+    run_cli,
+)
+
+
+def _popen(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ignite_rn50.run", *args],
+                            env=env or base_env(), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, pattern: str, timeout: float = 240) -> list[str]:
+    assert proc.stdout is not None
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if re.search(pattern, line):
+            return seen
+        assert time.monotonic() < deadline, "".join(seen[-20:])
+    raise AssertionError("process ended before: " + pattern + "\n" + "".join(seen[-20:]))
+
+
+def test_kill_9_then_resume_auto_finishes(tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    args = [*TINY, "--epochs", "3", "--print-freq", "1", "--output-dir", str(out)]
+    proc = _popen(args)
+    _wait_for(proc, r"Epoch \[2/3\] Iter \[3/")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    # leftovers of a killed save, and a broken file with a checkpoint's name, are not taken
+    (out / "tmpabc123").write_bytes(b"partial")
+    (out / "checkpoint_99.pt").write_bytes(b"\x80\x02garbage")
+    latest = find_latest_checkpoint(out)
+    assert latest is not None and latest.name == "checkpoint_1.pt"
+    (out / "checkpoint_99.pt").unlink()
+    done = run_cli([*args, "--resume", "auto"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checkpoint_1.pt" in done.stdout
+    summary = read_summary(out)
+    assert summary["epochs_completed"] == 3 and summary["iterations"] == 24
+
+
+def test_retention_bounded_across_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    args = [*TINY, "--keep-checkpoints", "2", "--output-dir", str(out)]
+    assert run_cli([*args, "--epochs", "3"]).returncode == 0
+    assert run_cli([*args, "--epochs", "5", "--resume", "auto"]).returncode == 0
+    names = sorted(p.name for p in out.glob("*.pt"))
+    assert [n for n in names if n.startswith("checkpoint_")] == ["checkpoint_4.pt",
+                                                                 "checkpoint_5.pt"]
+    assert len([n for n in names if n.startswith("best_")]) == 1 and len(names) == 3
+
+
+def test_mismatched_checkpoint_is_named(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
+    proc = run_cli([*TINY, "--epochs", "2", "--depth", "34", "--output-dir", str(out),
+                    "--resume", "auto"])
+    assert_one_line_error(proc, "does not match this run", "depth: checkpoint has 18")
+    proc = run_cli([*TINY, "--epochs", "2", "--synthetic-classes", "12",
+                    "--output-dir", str(out), "--resume", "auto"])
+    assert_one_line_error(proc, "num_classes: checkpoint has 10, this run 12")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert_one_line_error(run_cli([*TINY, "--output-dir", str(tmp_path / "n"),
+                                   "--resume", str(bad)]), "not a loadable checkpoint")
+    assert_one_line_error(run_cli([*TINY, "--output-dir", str(tmp_path / "n2"),
+                                   "--resume", str(tmp_path / "missing.pt")]), "no such file")
+
+
+def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    args = [*TINY, "--epochs", "2", "--print-freq", "1"]
+    full = tmp_path / "full"
+    assert run_cli([*args, "--output-dir", str(full)]).returncode == 0
+    out = tmp_path / "t"
+    proc = _popen([*args, "--output-dir", str(out)])
+    _wait_for(proc, r"Epoch \[1/2\] Iter \[3/")
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest
+    line = [ln for ln in rest.splitlines() if "stopped by SIGTERM" in ln]
+    assert line and "--resume auto" in line[0]
+    saved = list(out.glob("interrupted_checkpoint_*.pt"))
+    assert len(saved) == 1
+    step = int(re.search(r"_(\d+)\.pt", saved[0].name)[1])
+    assert 3 <= step < 8  # mid-epoch 1 (8 iterations an epoch)
+    done = run_cli([*args, "--output-dir", str(out), "--resume", "auto"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(out.glob("interrupted_checkpoint_*.pt"))  # superseded by epoch saves
+    # mid-epoch resume replays exactly the remaining batches: same weights as no stop
+    a, b = model_state(full / "checkpoint_2.pt"), model_state(out / "checkpoint_2.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_nan_loss_stops_with_epoch_and_iteration(tmp_path: Path) -> None:
+    out = tmp_path / "nan"
+    proc = run_cli([*TINY, "--lr", "1e12", "--epochs", "3", "--print-freq", "1",
+                    "--output-dir", str(out)])
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    line = [ln for ln in proc.stdout.splitlines() if "NaN/inf" in ln]
+    assert line and re.search(r"epoch \d+, iteration \d+", line[0]), proc.stdout[-2000:]
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for ckpt in out.glob("*.pt"):  # whatever was saved before is finite
+        for tensor in model_state(ckpt).values():
+            assert torch.isfinite(tensor.float()).all(), ckpt
+
+
+def test_output_dir_not_writable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(run_cli([*TINY, "--output-dir", str(blocker / "sub")]),
+                          "--output-dir", "not writable")
+
+
+def test_master_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run_cli([*TINY, "--nproc", "2", "--port", str(port), "--output-dir",
+                        str(tmp_path / "o")])
+    assert_one_line_error(proc, f"--port {port} is already in use")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--device", "npu"], "needs torch_npu"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--amp-backend", "apex"], "needs --device npu or cuda"),
+    (["--data-pipeline", "device", "--batch-size", "512"], "fewer than the per-process batch"),
+])
+def test_devices_and_sizes_absent(tmp_path: Path, args: list[str], needle: str) -> None:
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_one_line_error(run_cli([*TINY, *args, "--output-dir", str(tmp_path / "o")]), needle)
+
+
+def test_npu_card_out_of_range_and_apex_missing(tmp_path: Path,
+                                                standin_env: dict[str, str]) -> None:
+    assert_one_line_error(run_cli([*TINY, "--device", "npu", "--gpu-id", "5", "--output-dir",
+                                   str(tmp_path / "o")], env=standin_env), "--gpu-id 5 is out")
+    assert_one_line_error(run_cli([*TINY, "--device", "npu", "--amp-backend", "apex",
+                                   "--output-dir", str(tmp_path / "o")], env=standin_env),
+                          "needs apex")
+
+
+def test_empty_data_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli([*TINY, "--dataset", "cifar100", "--data",
+                                   str(tmp_path / "empty"), "--output-dir",
+                                   str(tmp_path / "o")]), "holds no CIFAR-100", "nothing")
