@@ -148,9 +148,14 @@ def run_training(local_rank: int, cfg: Config) -> None:
     scaler = dev.make_grad_scaler(device, precision, cfg.loss_scale)
     net: nn.Module = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type != "cpu" else None,
-            broadcast_buffers=idist.backend() != "hccl")  # the seed's HCCL setting
+        ddp_kwargs = {}
+        if idist.backend() == "hccl":
+            ddp_kwargs["broadcast_buffers"] = False  # the seed's HCCL setting
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch renames that keyword
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type != "cpu" else None,
+                **ddp_kwargs)
     if cfg.compile:
         net = torch.compile(net)
     criterion = nn.CrossEntropyLoss().to(device)

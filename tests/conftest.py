@@ -36,7 +36,7 @@ def base_env(**extra: str) -> dict[str, str]:
            if not k.startswith(("CLEARML_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_",
                                 "SLURM_", "TORCHELASTIC"))}
     env["PYTHONPATH"] = str(REPO)
-    env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "2")
+    env.pop("OMP_NUM_THREADS", None)  # the trainer splits the cores over its processes
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
