@@ -72,8 +72,9 @@ class Config:
                           group="data")
     data_pipeline: str = _opt("auto", "input pipeline: device = augment batched tensors on "
                               "the training device; torchvision = DataLoader + PIL transforms; "
-                              "auto = device", choices=("auto", "device", "torchvision"),
-                              group="data")
+                              "auto = device when the data takes under a quarter of the "
+                              "free device memory",
+                              choices=("auto", "device", "torchvision"), group="data")
     num_workers: int = _opt(4, "DataLoader workers per process (torchvision pipeline)",
                             group="data")
     synthetic_train_size: int = _opt(5000, "images in the synthetic training set", group="data")

@@ -140,6 +140,16 @@ def configure_backends(device: torch.device, local_processes: int) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Free bytes on an accelerator (None on cpu, or when the device cannot tell)."""
+    if device.type == "cpu":
+        return None
+    try:
+        return int(_module(device.type).mem_get_info(device)[0])
+    except (AttributeError, RuntimeError, TypeError):
+        return None
+
+
 def pin_memory(device: torch.device) -> bool:
     return device.type in ("cuda", "npu")
 

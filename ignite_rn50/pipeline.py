@@ -37,6 +37,16 @@ def epoch_seed(seed: int, rank: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
 
 
+def fits_on_device(train: ImageSet, test: ImageSet, world_size: int,
+                   free_bytes: int | None) -> bool:
+    """auto: the device pipeline unless this rank's share (uint8 train shard + float32 test
+    shard) would take more than a quarter of the device's free memory."""
+    if free_bytes is None:
+        return True
+    need = (train.images.numel() + 4 * test.images.numel()) / world_size
+    return need <= free_bytes / 4
+
+
 class TrainData(Protocol):
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None: ...
     def __len__(self) -> int: ...

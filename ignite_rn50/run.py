@@ -115,7 +115,9 @@ def run_training(local_rank: int, cfg: Config) -> None:
         image_size=cfg.synthetic_image_size)
     batch = cfg.batch_size // world
     eval_batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
-    use_device_pipeline = cfg.data_pipeline in ("auto", "device")
+    use_device_pipeline = cfg.data_pipeline == "device" or (
+        cfg.data_pipeline == "auto" and pipeline.fits_on_device(train_set, test_set, world,
+                                                                dev.free_memory(device)))
     try:
         if use_device_pipeline:
             train_data = pipeline.DeviceTrainData(

@@ -217,3 +217,12 @@ def test_shards_are_disjoint_and_cover_evaluation_once() -> None:
     parts = [pipeline.DeviceTrainData(data, torch.device("cpu"), 8, rank=r, world_size=3,
                                       seed=0) for r in range(3)]
     assert sum(len(p.labels) for p in parts) == 101 and len({len(p) for p in parts}) == 1
+
+
+def test_auto_pipeline_falls_back_when_data_would_crowd_the_device() -> None:
+    train = make_synthetic(1000, 10, 32, split_seed=1)  # 3.07 MB uint8
+    test = make_synthetic(100, 10, 32, split_seed=2)  # 1.23 MB as float32
+    assert pipeline.fits_on_device(train, test, 1, None)  # cpu: always
+    assert pipeline.fits_on_device(train, test, 1, 20_000_000)
+    assert not pipeline.fits_on_device(train, test, 1, 16_000_000)
+    assert pipeline.fits_on_device(train, test, 2, 10_000_000)  # each rank holds half
