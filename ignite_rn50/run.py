@@ -196,12 +196,19 @@ def run_training(local_rank: int, cfg: Config) -> None:
     stop = handlers.GracefulStop()
     epoch_length = len(train_data)
 
+    since = {"time": time.perf_counter(), "iteration": 0}  # start of the current log interval
+
     def print_line(engine: Engine, loss: float) -> None:
+        # the loss was just read from the device, so the clock below is synchronised
+        now = time.perf_counter()
+        images = (engine.state.iteration - since["iteration"]) * batch * world
+        rate = images / max(now - since["time"], 1e-9)
+        since.update(time=now, iteration=engine.state.iteration)
         engine.state.metrics.update(loss=loss, lr=schedule.lr)
         if rank == 0:
             step = (engine.state.iteration - 1) % epoch_length + 1
-            log.info("Epoch [%d/%d] Iter [%d/%d] loss %.4f lr %.6f", engine.state.epoch,
-                     cfg.epochs, step, epoch_length, loss, schedule.lr)
+            log.info("Epoch [%d/%d] Iter [%d/%d] loss %.4f lr %.6f %.1f img/s",
+                     engine.state.epoch, cfg.epochs, step, epoch_length, loss, schedule.lr, rate)
 
     losses = handlers.LossTracker(device, cfg.print_freq, print_line)
     losses.attach(trainer)
@@ -211,6 +218,7 @@ def run_training(local_rank: int, cfg: Config) -> None:
     def start_epoch(engine: Engine) -> None:
         start = engine.state.iteration % epoch_length if engine.state.iteration else 0
         train_data.set_epoch(engine.state.epoch, start_batch=start)
+        since.update(time=time.perf_counter(), iteration=engine.state.iteration)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def end_epoch(engine: Engine) -> None:

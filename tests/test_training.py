@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +33,8 @@ def test_two_epoch_run_learns_and_writes_everything(tmp_path: Path) -> None:
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert yaml.safe_load((out / "config.yaml").read_text())["epochs"] == 2
     log = (out / "train.log").read_text()
-    assert "Epoch [2/2] Iter [16/16] loss" in log and "top-1" in log
+    assert re.search(r"Epoch \[2/2\] Iter \[16/16\] loss [\d.]+ lr [\d.]+ [\d.]+ img/s", log)
+    assert "top-1" in log
     # one log line per --print-freq iterations: 16 iterations / 4 per epoch
     assert log.count("Epoch [1/2] Iter") == 4
     state = torch.load(out / "checkpoint_2.pt", map_location="cpu", weights_only=True)
@@ -63,6 +65,13 @@ def test_existing_checkpoints_without_resume_refused(tmp_path: Path) -> None:
     proc = run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)])
     assert proc.returncode == 2 and "--resume auto" in proc.stderr
     assert {p.name: p.stat().st_mtime for p in out.iterdir()} == before
+
+
+def test_channels_last_trains(tmp_path: Path) -> None:
+    out = tmp_path / "cl"
+    proc = run_cli([*TINY, "--epochs", "1", "--channels-last", "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read_summary(out)["epochs_completed"] == 1
 
 
 def test_torchvision_pipeline_trains(tmp_path: Path) -> None:
