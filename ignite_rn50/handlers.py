@@ -90,9 +90,9 @@ class FpsMeter:
         dev.synchronize(self.device)
         seconds = time.perf_counter() - self._start
         local = torch.tensor([self._count * self.batch / seconds, self._wait / seconds,
-                              self._count * self.batch, seconds], dtype=torch.float64)
+                              self._count * self.batch, seconds], dtype=torch.float32)
         world = idist.get_world_size()
-        if world > 1:
+        if world > 1:  # float32: HCCL does not reduce float64 on every Ascend chip
             local = idist.all_reduce(local.to(idist.device())).cpu()
         fps, wait, images, secs = local.tolist()
         self.epoch_fps, self.epoch_data_wait = fps, wait / world
@@ -161,10 +161,10 @@ class LossTracker:
         stats = torch.tensor([values[finite].sum().item(), float(finite.sum()),
                               float(epoch_first + first_bad) if first_bad else 2.0**52],
                              dtype=torch.float64)
-        if idist.get_world_size() > 1:
-            summed = idist.all_reduce(stats[:2].to(idist.device())).cpu()
-            first = idist.all_reduce(stats[2:].to(idist.device()), op="MIN").cpu()
-            stats = torch.cat([summed, first])
+        if idist.get_world_size() > 1:  # float32 on the wire (HCCL), 2**52 stays exact
+            summed = idist.all_reduce(stats[:2].float().to(idist.device())).cpu().double()
+            first = idist.all_reduce(stats[2:].float().to(idist.device()), op="MIN")
+            stats = torch.cat([summed, first.cpu().double()])
         total, count, bad = stats.tolist()
         if bad < 2.0**52:
             bad = int(bad)

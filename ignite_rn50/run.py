@@ -31,7 +31,6 @@ from ignite_rn50.model import build_model, count_parameters  # noqa: E402
 
 log = logging.getLogger("ignite_rn50")
 EXIT_DIVERGED = 3
-EXIT_INTERRUPTED = 0
 
 
 # --- checks before any process starts -------------------------------------------------------
@@ -101,7 +100,8 @@ def run_training(local_rank: int, cfg: Config) -> None:
         device = dev.select_device(device_type, cfg.gpu_id if cfg.gpu_id is not None else 0)
     dev.configure_backends(device, idist.get_nproc_per_node())
     out = Path(cfg.output_dir).expanduser().resolve()
-    idist.barrier() if world > 1 else None
+    if world > 1:
+        idist.barrier()
     reporting.setup_logging(rank, out / "train.log" if rank == 0 else None)
     manual_seed(cfg.seed + rank)
     precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
@@ -306,7 +306,8 @@ def replica_report(model: nn.Module, device: torch.device) -> dict:
     """What each rank really ran on, and a weight checksum per replica (equal when DDP kept
     the replicas in step); two collectives at the end of a run."""
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
-    sums = idist.all_gather(checksum.reshape(1).to(idist.device()))
+    # float32 on the wire: HCCL's all_gather does not take float64 on every Ascend chip
+    sums = idist.all_gather(checksum.reshape(1).float().to(idist.device()))
     devices = idist.all_gather(str(device))
     return {"backend": idist.backend(), "rank_devices": devices if isinstance(devices, list)
             else [devices], "replica_checksums": [float(v) for v in sums.cpu().tolist()]}
