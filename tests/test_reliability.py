@@ -20,6 +20,7 @@ from .conftest import (
     TINY,
     assert_one_line_error,
     base_env,
+    free_port,
     model_state,
     read_summary,
     run_cli,
@@ -172,3 +173,18 @@ def test_empty_data_folder(tmp_path: Path) -> None:
     assert_one_line_error(run_cli([*TINY, "--dataset", "cifar100", "--data",
                                    str(tmp_path / "empty"), "--output-dir",
                                    str(tmp_path / "o")]), "holds no CIFAR-100", "nothing")
+
+
+def test_sigterm_to_launcher_stops_all_ranks_cleanly(tmp_path: Path) -> None:
+    out = tmp_path / "ddp-term"
+    proc = _popen([*TINY, "--nproc", "2", "--epochs", "20", "--print-freq", "2",
+                   "--port", str(free_port()), "--output-dir", str(out)])
+    _wait_for(proc, r"Epoch \[1/20\] Iter \[4/")
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest[-3000:]
+    assert "stopped by SIGTERM" in rest and "--resume auto" in rest
+    saved = list(out.glob("interrupted_checkpoint_*.pt"))
+    assert len(saved) == 1
+    state = torch.load(saved[0], map_location="cpu", weights_only=True)
+    assert state["trainer"]["iteration"] % 2 == 0  # ranks agreed at a print boundary
