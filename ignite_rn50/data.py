@@ -124,14 +124,20 @@ def download_cifar(root: Path) -> None:
                         f"(giving {root / CIFAR_FOLDER}/train, test, meta)") from None
 
 
+def ensure_cifar(path: str | Path) -> None:
+    """--download: fetch CIFAR-100 unless it is already there (one process per job does it)."""
+    path = Path(path).expanduser()
+    root = path.parent if path.name == CIFAR_FOLDER else path
+    has = (root / CIFAR_FOLDER / "train").is_file() and (root / CIFAR_FOLDER / "test").is_file()
+    if not has:
+        log.info("downloading CIFAR-100 into %s", root)
+        download_cifar(root)
+
+
 def load_cifar(path: str | Path, download: bool) -> tuple[ImageSet, ImageSet]:
     path = Path(path).expanduser()
     if download:
-        root = path.parent if path.name == CIFAR_FOLDER else path
-        has = (root / CIFAR_FOLDER / "train").is_file() and (root / CIFAR_FOLDER / "test").is_file()
-        if not has:
-            log.info("downloading CIFAR-100 into %s", root)
-            download_cifar(root)
+        ensure_cifar(path)
     folder = locate_cifar(path)
     return load_cifar_split(folder / "train"), load_cifar_split(folder / "test")
 

@@ -109,10 +109,30 @@ class FpsMeter:
 
 # --- loss, log lines and the non-finite guard ---------------------------------------------------
 
-class NonFiniteLoss(RuntimeError):
-    def __init__(self, epoch: int, iteration: int) -> None:
-        super().__init__(f"loss became NaN/inf at epoch {epoch}, iteration {iteration}")
+class Diverged(RuntimeError):
+    """Training produced NaN/inf: stop before anything evaluates or saves it."""
+
+    def __init__(self, what: str, epoch: int, iteration: int) -> None:
+        super().__init__(f"{what} became NaN/inf at epoch {epoch}, iteration {iteration}")
         self.epoch, self.iteration = epoch, iteration
+
+
+class NonFiniteLoss(Diverged):
+    def __init__(self, epoch: int, iteration: int) -> None:
+        super().__init__("loss", epoch, iteration)
+
+
+@torch.no_grad()
+def check_finite_weights(model: torch.nn.Module, engine: Engine) -> None:
+    """Once per epoch, before evaluation and saving: the last step's update comes after the
+    last loss that was checked, so a finite loss does not prove finite weights."""
+    norms = torch.stack([p.detach().float().norm() for p in model.parameters()])
+    bad = (~torch.isfinite(norms)).any().float().reshape(1)
+    if idist.get_world_size() > 1:
+        bad = idist.all_reduce(bad.to(idist.device()), op="MAX")
+    if bad.item():
+        step = (engine.state.iteration - 1) % engine.state.epoch_length + 1
+        raise Diverged("weights", engine.state.epoch, step)
 
 
 class LossTracker:
@@ -278,6 +298,26 @@ class Checkpoints:
         for handler, saved in ((self.last, last), (self.best, best),
                                (self.interrupt, interrupted)):
             handler.load_state_dict({"_saved": sorted(saved)})
+
+    def forget_after(self, epoch: int, iteration: int) -> None:
+        """Resuming from an older checkpoint abandons the saves made after it: they are renamed
+        ``*.abandoned`` (kept, but never resumed by auto) and leave the retention lists."""
+        for handler, limit in ((self.last, epoch), (self.interrupt, iteration)):
+            keep = [item for item in handler._saved if item.priority <= limit]
+            self._abandon([item.filename for item in handler._saved if item.priority > limit])
+            handler._saved = keep
+        newer = [item.filename for item in self.best._saved
+                 if int(BEST_RE.match(item.filename)[1]) > epoch]
+        self._abandon(newer)
+        self.best._saved = [item for item in self.best._saved if item.filename not in newer]
+
+    def _abandon(self, names: list[str]) -> None:
+        if idist.get_rank() == 0:
+            for name in names:
+                path = self.dirname / name
+                if path.exists():
+                    path.rename(path.with_name(name + ".abandoned"))
+                    log.info("resuming an earlier point: renamed %s to %s.abandoned", name, name)
 
     def save_epoch(self, engine: Engine) -> None:
         self.last(engine)

@@ -89,18 +89,23 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
     return out.view(b, c, h, w)
 
 
+def _shard(size: int, rank: int, world_size: int, seed: int) -> torch.Tensor:
+    """This rank's fixed share of a seeded permutation; every rank gets the same count."""
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
+    return order[rank::world_size][:size // world_size]
+
+
 class DeviceTrainData:
     """This rank's shard held once on the device as uint8; one H2D copy of indices per epoch.
 
     Shards are fixed (a seeded permutation split r::world), shuffled within each epoch, so
-    no rank stores more than its share of the data.
+    no rank stores more than its share of the data (the torchvision path shards the same way).
     """
 
     def __init__(self, data: ImageSet, device: torch.device, batch_size: int, *, rank: int,
                  world_size: int, seed: int, max_batches: int | None = None,
                  channels_last: bool = False) -> None:
-        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-        shard = order[rank::world_size]
+        shard = _shard(len(data), rank, world_size, seed)
         self.images = data.images[shard].to(device)
         self.labels = data.labels[shard].to(device)
         self.device, self.batch_size, self.rank, self.seed = device, batch_size, rank, seed
@@ -195,9 +200,11 @@ class LoaderTrainData:
     def __init__(self, data: ImageSet, batch_size: int, *, rank: int, world_size: int,
                  seed: int, num_workers: int, pin_memory: bool,
                  max_batches: int | None = None) -> None:
-        dataset = _PILDataset(data, torchvision_transforms(data.image_size, train=True))
-        self.sampler = _ResumableSampler(dataset, num_replicas=world_size, rank=rank,
-                                         shuffle=True, seed=seed, drop_last=True)
+        shard = _shard(len(data), rank, world_size, seed)
+        own = ImageSet(data.images[shard], data.labels[shard], data.num_classes)
+        dataset = _PILDataset(own, torchvision_transforms(data.image_size, train=True))
+        self.sampler = _ResumableSampler(dataset, num_replicas=1, rank=0, shuffle=True,
+                                         seed=seed + rank, drop_last=True)
         if len(self.sampler) < batch_size:
             raise ValueError(f"{len(data)} training images over {world_size} process(es) "
                              f"leave {len(self.sampler)} per process, fewer than the "

@@ -24,13 +24,14 @@ from torch import nn  # noqa: E402
 from ignite_rn50 import device as dev  # noqa: E402
 from ignite_rn50 import distributed, handlers, pipeline, reporting, trackers  # noqa: E402
 from ignite_rn50.config import Config, parse_config, save_config  # noqa: E402
-from ignite_rn50.data import load_datasets  # noqa: E402
+from ignite_rn50.data import ensure_cifar, load_datasets, locate_cifar  # noqa: E402
 from ignite_rn50.engine import create_evaluator, create_trainer, make_train_step  # noqa: E402
 from ignite_rn50.errors import EXIT_USAGE, UserError  # noqa: E402
 from ignite_rn50.model import build_model, count_parameters  # noqa: E402
 
 log = logging.getLogger("ignite_rn50")
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130
 
 
 # --- checks before any process starts -------------------------------------------------------
@@ -60,14 +61,17 @@ def preflight(cfg: Config) -> tuple[str, str | None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
-    if cfg.dataset == "cifar100" and not cfg.download:
-        from ignite_rn50.data import locate_cifar
-
+    if cfg.dataset == "cifar100":
+        if cfg.download and not distributed.launched_externally():
+            ensure_cifar(cfg.data)  # here, once, before any rank reads it
         locate_cifar(cfg.data)
     if int(os.environ.get("RANK", "0")) == 0:
         prepare_output_dir(cfg)
-    if multi and not distributed.launched_externally() and cfg.node_rank == 0:
-        distributed.check_port_free(cfg.addr, cfg.port)
+    if multi and not distributed.launched_externally():
+        if cfg.node_rank == 0:
+            distributed.check_port_free(cfg.addr, cfg.port)
+        if device_type == "cpu":
+            dev.hide_gpus_from_cpu_ranks()
     return device_type, backend
 
 
@@ -80,14 +84,20 @@ def train(local_rank: int, cfg: Config) -> None:
     except UserError as exc:
         if idist.get_world_size() == 1:
             raise
-        log.error("error: %s", exc)
+        # one line per job: the same mistake usually stops every rank, and the launcher
+        # ends the others as soon as one exits; a rank that failed alone still says why
+        if idist.get_rank() != 0:
+            time.sleep(2)
         sys.stderr.write(f"ignite_rn50: error: {exc}\n")
         sys.exit(EXIT_USAGE)
-    except handlers.NonFiniteLoss as exc:
-        log.error("error: %s; the checkpoints already written are intact (the last good one is "
-                  "in %s); lower --lr or enable --warmup-iters, then --resume", exc,
-                  cfg.output_dir)
+    except handlers.Diverged as exc:
+        if idist.get_rank() == 0:
+            log.error("error: %s; the checkpoints already written are intact (the last good one "
+                      "is in %s); lower --lr or enable --warmup-iters, then --resume", exc,
+                      cfg.output_dir)
         sys.exit(EXIT_DIVERGED)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)  # torch's spawn wrapper would report a Ctrl-C as success
 
 
 def run_training(local_rank: int, cfg: Config) -> None:
@@ -109,10 +119,17 @@ def run_training(local_rank: int, cfg: Config) -> None:
         save_config(cfg, out / "config.yaml")
 
     # data
+    if cfg.dataset == "cifar100" and cfg.download and rank == 0:
+        ensure_cifar(cfg.data)  # under torchrun/SLURM; spawned runs fetched it in preflight
+    if world > 1:
+        idist.barrier()
     train_set, test_set = load_datasets(
-        cfg.dataset, cfg.data, cfg.download and rank == 0, train_size=cfg.synthetic_train_size,
+        cfg.dataset, cfg.data, False, train_size=cfg.synthetic_train_size,
         test_size=cfg.synthetic_test_size, num_classes=cfg.synthetic_classes,
         image_size=cfg.synthetic_image_size)
+    if cfg.batch_size % world:  # --nproc runs were checked by the config; torchrun is here
+        raise UserError(f"--batch-size {cfg.batch_size} is global and must divide evenly over "
+                        f"the {world} processes of this job; use a multiple of {world}")
     batch = cfg.batch_size // world
     eval_batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
     use_device_pipeline = cfg.data_pipeline == "device" or (
@@ -186,8 +203,18 @@ def run_training(local_rank: int, cfg: Config) -> None:
             log.info("--resume auto: no checkpoint in %s yet, starting from scratch", out)
         else:
             handlers.restore(to_save, handlers.load_checkpoint(path), path)
+            if trainer.state.epoch_length != len(train_data):
+                raise UserError(
+                    f"--resume {path} was written with {trainer.state.epoch_length} iterations "
+                    f"per epoch, this run has {len(train_data)} (batch size, processes, "
+                    "--max-iters or data differ); resume with the options of that run")
+            checkpoints.forget_after(trainer.state.epoch, trainer.state.iteration)
             log.info("resumed from %s (epoch %d, iteration %d)", path, trainer.state.epoch,
                      trainer.state.iteration)
+            if trainer.state.iteration >= cfg.epochs * len(train_data):
+                log.info("the run in %s is already complete (%d epochs); nothing to do", out,
+                         trainer.state.epoch)
+                return
 
     # handlers, in the order they must run at each event
     fps = handlers.FpsMeter(device, batch)
@@ -214,15 +241,19 @@ def run_training(local_rank: int, cfg: Config) -> None:
     losses.attach(trainer)
     stop.attach(trainer, every=cfg.print_freq)
 
+    epoch_lr = {"value": schedule.lr}
+
     @trainer.on(Events.EPOCH_STARTED)
     def start_epoch(engine: Engine) -> None:
         start = engine.state.iteration % epoch_length if engine.state.iteration else 0
         train_data.set_epoch(engine.state.epoch, start_batch=start)
         since.update(time=time.perf_counter(), iteration=engine.state.iteration)
+        epoch_lr["value"] = schedule.lr  # the decay at epoch end must not relabel this epoch
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def end_epoch(engine: Engine) -> None:
         losses.epoch_completed(engine)
+        handlers.check_finite_weights(model, engine)
         if world > 1:
             sync_buffers(model)
         eval_started = time.perf_counter()
@@ -230,7 +261,7 @@ def run_training(local_rank: int, cfg: Config) -> None:
         metrics = evaluator.state.metrics
         row = {"epoch": engine.state.epoch, "train_loss": losses.epoch_loss,
                "val_loss": metrics["loss"], "val_top1": metrics["top1"],
-               "val_top5": metrics["top5"], "lr": schedule.lr, "fps": fps.epoch_fps,
+               "val_top5": metrics["top5"], "lr": epoch_lr["value"], "fps": fps.epoch_fps,
                "data_wait": fps.epoch_data_wait,
                "eval_seconds": time.perf_counter() - eval_started}
         record.add(row)
@@ -338,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"ignite_rn50: a training process failed:\n{exc}\n")
         return 1
     except torch.multiprocessing.ProcessExitedException as exc:
-        sys.stderr.write(f"ignite_rn50: error: training process {exc.error_index} exited with "
-                         f"status {exc.exit_code}; the job was stopped (see the lines above)\n")
+        if exc.exit_code not in (EXIT_USAGE, EXIT_DIVERGED):  # those ranks said why already
+            sys.stderr.write(f"ignite_rn50: error: training process {exc.error_index} exited "
+                             f"with status {exc.exit_code}; the job was stopped\n")
         return exc.exit_code if exc.exit_code and exc.exit_code > 0 else 1
     except KeyboardInterrupt:
         sys.stderr.write("ignite_rn50: interrupted\n")

@@ -31,8 +31,9 @@
 # Output in $OUTPUT_ROOT/$ASCEND_DEVICE_ID/
 #   train_<id>.log        the trainer's whole stdout+stderr (also shown on the console)
 #   train_<mode>_<n>p_bs<b>/  the trainer's --output-dir (checkpoints, summary.json,
-#                         config.yaml, train.log, curves.png); emptied before each run unless
-#                         the arguments hold --resume. A --output-dir argument replaces it.
+#                         config.yaml, train.log, curves.png); an earlier run's folder is
+#                         renamed <folder>.previous-<time> before a new run unless the
+#                         arguments hold --resume. A --output-dir argument replaces it.
 #   <CaseName>.log        `key = value` lines: Network, RankSize, BatchSize, DeviceType,
 #                         CaseName, ActualFPS, TrainingTime (ms per global step), TrainAccuracy
 #                         (final validation top-1, %), ActualLoss (last epoch's training loss),
@@ -106,6 +107,9 @@ with open(summary_path) as fh:
     s = json.load(fh)
 if not s.get("epochs_completed") or s.get("final_top1") is None:
     sys.exit(f"error: the run completed no epoch ({summary_path}); no CaseName log written")
+if s["epochs_completed"] < s.get("epochs", 0):
+    sys.exit(f"error: the run stopped after {s['epochs_completed']} of {s['epochs']} epochs "
+             f"(interrupted; resume it with --resume auto); no CaseName log written")
 batch, ranks, fps = int(s["global_batch_size"]), int(s["world_size"]), s.get("fps")
 case = f"{network}_bs{batch}_{ranks}p_{kind}"
 fps_text = f"{fps:.2f}" if fps else "n/a"
@@ -211,8 +215,10 @@ modelzoo_main() {
             "folder that holds cifar-100-python/ (or that folder itself)"
         return 2
     fi
-    if [ "$user_resume" -eq 0 ] && [ "$eff_out" = "$run_dir" ]; then
-        rm -rf "$run_dir"   # our own folder: a fresh run (the trainer refuses old checkpoints)
+    if [ "$user_resume" -eq 0 ] && [ "$eff_out" = "$run_dir" ] && [ -d "$run_dir" ]; then
+        # our own folder: a fresh run (the trainer refuses old checkpoints); the earlier run
+        # is kept beside it, not deleted (resume it with --resume auto --output-dir <it>)
+        mv "$run_dir" "$run_dir.previous-$(date +%Y%m%d-%H%M%S)-$$"
     fi
 
     local stamp="$log_dir/.${MODE}_${RANK_SIZE}p_bs${BATCH_PER_DEVICE}.started"

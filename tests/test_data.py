@@ -211,12 +211,18 @@ def test_same_epoch_same_batches_other_epoch_differs() -> None:
 
 def test_shards_are_disjoint_and_cover_evaluation_once() -> None:
     data = make_synthetic(101, 10, 8, split_seed=2)
+    data.labels = torch.arange(101)  # identities to follow through the shards
     seen = torch.cat([torch.cat([y for _, y in pipeline.device_eval_batches(
         data, torch.device("cpu"), 16, rank=r, world_size=3)]) for r in range(3)])
-    assert len(seen) == 101
+    assert sorted(seen.tolist()) == list(range(101))
     parts = [pipeline.DeviceTrainData(data, torch.device("cpu"), 8, rank=r, world_size=3,
                                       seed=0) for r in range(3)]
-    assert sum(len(p.labels) for p in parts) == 101 and len({len(p) for p in parts}) == 1
+    owned = [set(p.labels.tolist()) for p in parts]
+    assert all(len(o) == 33 for o in owned) and not (owned[0] & owned[1] | owned[1] & owned[2]
+                                                     | owned[0] & owned[2])
+    loaders = [pipeline.LoaderTrainData(data, 8, rank=r, world_size=3, seed=0, num_workers=0,
+                                        pin_memory=False) for r in range(3)]
+    assert [set(lo.loader.dataset.labels.tolist()) for lo in loaders] == owned
 
 
 def test_auto_pipeline_falls_back_when_data_would_crowd_the_device() -> None:

@@ -131,3 +131,30 @@ def test_loss_tracker_epoch_mean() -> None:
                                  tracker.epoch_loss)))
     engine.run(range(4), max_epochs=2)
     assert means == [2.5, 6.5]
+
+
+def test_nonfinite_weights_after_last_step_stop_before_saving() -> None:
+    param = nn.Parameter(torch.ones(3))
+    model = nn.Module()
+    model.p = param
+
+    def step(engine: Engine, batch: int) -> torch.Tensor:
+        if engine.state.iteration == 4:  # the last update of epoch 2 poisons the weights
+            param.data.fill_(float("nan"))
+        return torch.tensor(1.0)  # every loss that is checked is finite
+
+    engine = Engine(step)
+    tracker = handlers.LossTracker(CPU, print_freq=100, on_print=lambda e, v: None)
+    tracker.attach(engine)
+    saved: list[int] = []
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def end_epoch(e: Engine) -> None:  # the order run.py uses: check, then evaluate and save
+        tracker.epoch_completed(e)
+        handlers.check_finite_weights(model, e)
+        saved.append(e.state.epoch)
+
+    with pytest.raises(handlers.Diverged, match="weights became NaN/inf at epoch 2, "
+                                                "iteration 2"):
+        engine.run(range(2), max_epochs=3)
+    assert saved == [1]

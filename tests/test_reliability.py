@@ -75,6 +75,27 @@ def test_retention_bounded_across_resumes(tmp_path: Path) -> None:
     assert len([n for n in names if n.startswith("best_")]) == 1 and len(names) == 3
 
 
+def test_resume_of_finished_run_does_nothing_and_older_resume_abandons_newer(
+        tmp_path: Path) -> None:
+    out = tmp_path / "f"
+    args = [*TINY, "--keep-checkpoints", "3", "--epochs", "3", "--output-dir", str(out)]
+    assert run_cli(args).returncode == 0
+    def results() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in out.iterdir()
+                if p.suffix == ".pt" or p.name in ("summary.json", "curves.png")}
+
+    before = results()
+    again = run_cli([*args, "--resume", "auto"])
+    assert again.returncode == 0 and "already complete" in again.stdout
+    assert results() == before
+
+    older = run_cli([*args, "--resume", str(out / "checkpoint_1.pt")])
+    assert older.returncode == 0, older.stderr[-3000:]
+    assert (out / "checkpoint_3.pt.abandoned").is_file()
+    assert (out / "checkpoint_3.pt").is_file()  # saving went on past the abandoned points
+    assert read_summary(out)["epochs_completed"] == 3
+
+
 def test_mismatched_checkpoint_is_named(tmp_path: Path) -> None:
     out = tmp_path / "m"
     assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
@@ -84,6 +105,9 @@ def test_mismatched_checkpoint_is_named(tmp_path: Path) -> None:
     proc = run_cli([*TINY, "--epochs", "2", "--synthetic-classes", "12",
                     "--output-dir", str(out), "--resume", "auto"])
     assert_one_line_error(proc, "num_classes: checkpoint has 10, this run 12")
+    proc = run_cli([*TINY, "--epochs", "2", "--batch-size", "16", "--output-dir", str(out),
+                    "--resume", "auto"])
+    assert_one_line_error(proc, "8 iterations per epoch, this run has 16")
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     assert_one_line_error(run_cli([*TINY, "--output-dir", str(tmp_path / "n"),
@@ -123,11 +147,11 @@ def test_nan_loss_stops_with_epoch_and_iteration(tmp_path: Path) -> None:
                     "--output-dir", str(out)])
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     line = [ln for ln in proc.stdout.splitlines() if "NaN/inf" in ln]
-    assert line and re.search(r"epoch \d+, iteration \d+", line[0]), proc.stdout[-2000:]
+    assert len(line) == 1 and re.search(r"loss became NaN/inf at epoch 1, iteration [1-8]\b",
+                                        line[0]), proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout + proc.stderr
-    for ckpt in out.glob("*.pt"):  # whatever was saved before is finite
-        for tensor in model_state(ckpt).values():
-            assert torch.isfinite(tensor.float()).all(), ckpt
+    assert not list(out.glob("*.pt"))  # the diverged epoch was neither evaluated nor saved
+    assert read_summary(out)["epochs_completed"] == 0
 
 
 def test_output_dir_not_writable(tmp_path: Path) -> None:
