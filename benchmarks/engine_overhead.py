@@ -148,14 +148,14 @@ def main() -> None:
     if timing == "window":
         results = interleave({"trainer": b.trainer_window, "plain": b.plain_window},
                              args.repeats)
-        pairs = [t / p for t, p in zip(results["trainer"], results["plain"])]
+        pairs = [t / p for t, p in zip(results["trainer"], results["plain"], strict=True)]
     else:
         results, pairs = {"trainer": [], "plain": []}, []
         for _ in range(args.repeats):
             seconds = b.alternate_steps()
             for side, values in seconds.items():
                 results[side] += [args.batch_size / s for s in values]
-            pairs += [p / t for t, p in zip(seconds["trainer"], seconds["plain"])]
+            pairs += [p / t for t, p in zip(seconds["trainer"], seconds["plain"], strict=True)]
     med = table(results)
     extra_ms = args.batch_size * (1 / med["trainer"] - 1 / med["plain"]) * 1e3
     print(f"ratio of the medians: {med['trainer'] / med['plain']:.4f} "

@@ -91,11 +91,12 @@ def main() -> None:
           f"{device} ({args.threads} threads), {precision.describe()}, {args.epochs} epochs of "
           f"{args.steps} iterations, FpsMeter warm-up {args.warmup}")
     print(f"{'epoch':<7}{'reported img/s':>16}{'measured img/s':>16}{'ratio':>8}{'data wait':>11}")
-    for epoch, ((fps, wait), (images, seconds)) in enumerate(zip(reported, outside.rows), 1):
+    rows = zip(reported, outside.rows, strict=True)
+    for epoch, ((fps, wait), (images, seconds)) in enumerate(rows, 1):
         measured = images / seconds
         print(f"{epoch:<7}{fps or 0:>16.1f}{measured:>16.1f}{(fps or 0) / measured:>8.4f}"
               f"{100 * (wait or 0):>10.1f}%")
-    images, seconds = (sum(col) for col in zip(*outside.rows))
+    images, seconds = (sum(col) for col in zip(*outside.rows, strict=True))
     print(f"{'all':<7}{meter.fps or 0:>16.1f}{images / seconds:>16.1f}")
     print(f"ratio={(meter.fps or 0) / (images / seconds):.4f}")
 
