@@ -330,6 +330,10 @@ def run_training(local_rank: int, cfg: Config) -> None:
             log.info("stopped by %s at epoch %d iteration %d; saved %s. Resume with the same "
                      "command plus --resume auto", trainer.state.stopped_by_signal,
                      trainer.state.epoch, trainer.state.iteration, path)
+    if world > 1:
+        # leave together: a rank that tears its process group down while rank 0 is still
+        # writing reports was seen to abort once in gloo's threads ("terminate called")
+        idist.barrier()
 
 
 @torch.no_grad()
