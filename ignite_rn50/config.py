@@ -125,10 +125,6 @@ class Config:
     def processes(self) -> int:
         return self.nproc * self.world_size
 
-    @property
-    def num_classes(self) -> int:
-        return 100 if self.dataset == "cifar100" else self.synthetic_classes
-
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

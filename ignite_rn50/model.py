@@ -8,7 +8,6 @@ which is what mmcls does too). Last BN of every residual block starts at zero
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torchvision.models import resnet
 
@@ -31,8 +30,3 @@ def build_model(depth: int, num_classes: int) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-@torch.no_grad()
-def architecture_signature(model: nn.Module) -> dict[str, list[int]]:
-    """Parameter shapes, to tell a checkpoint of another depth/class count apart clearly."""
-    return {k: list(v.shape) for k, v in model.state_dict().items()}

@@ -135,6 +135,7 @@ def run_training(local_rank: int, cfg: Config) -> None:
     use_device_pipeline = cfg.data_pipeline == "device" or (
         cfg.data_pipeline == "auto" and pipeline.fits_on_device(train_set, test_set, world,
                                                                 dev.free_memory(device)))
+    train_data: pipeline.TrainData
     try:
         if use_device_pipeline:
             train_data = pipeline.DeviceTrainData(
