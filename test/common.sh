@@ -5,10 +5,16 @@
 # from anywhere: the repository is found from this file's location, and the current folder
 # is left alone (relative paths in the arguments mean what they mean to the caller).
 #
-# Command: python -m ignite_rn50.run --config configs/resnet50_cifar100.yaml
+# Recipes, as the package ran them (mmcls configs/resnet/resnet50_8xb16_cifar100*.py):
+#   batch 16 per device: configs/resnet50_cifar100.yaml, SGD lr 0.1, x0.2 at 60/120/160
+#   batch 32 per device: configs/resnet50_cifar100_cos.yaml, lr 0.2, cosine to 0 per epoch
+#   both: apex O2 with a static loss scale of 1024 where apex imports on an NPU, else native
+#   AMP with the same static scale (cpu: fp32), from the config's amp_backend: auto.
+#
+# Command: python -m ignite_rn50.run --config configs/<recipe>.yaml
 #            --batch-size RANK_SIZE*BATCH_PER_DEVICE (GLOBAL) --nproc RANK_SIZE
 #            [--gpu-id $ASCEND_DEVICE_ID]                       (1p scripts)
-#            [--epochs 3 --max-iters 200]                       (performance scripts)
+#            [--epochs 2]                                       (performance scripts)
 #            --output-dir $OUTPUT_ROOT/$ASCEND_DEVICE_ID/train_<mode>_<n>p_bs<b>
 #            --data DIR                                         (see "Data" below)
 #            <every other argument of the script>               (last, so they win)
@@ -28,21 +34,35 @@
 #   OUTPUT_ROOT       folder that holds <ASCEND_DEVICE_ID>/ (default <repo>/test/output)
 #   PYTHON            interpreter that runs the trainer (default python3)
 #   test/env_npu.sh is sourced first: it sets the Ascend variables when CANN is installed.
-# Output in $OUTPUT_ROOT/$ASCEND_DEVICE_ID/
+# Output in $OUTPUT_ROOT/$ASCEND_DEVICE_ID/, the package's files, every value read from the
+# run's summary.json and train_loss.csv (not grepped from the log):
 #   train_<id>.log        the trainer's whole stdout+stderr (also shown on the console)
 #   train_<mode>_<n>p_bs<b>/  the trainer's --output-dir (checkpoints, summary.json,
-#                         config.yaml, train.log, curves.png); an earlier run's folder is
-#                         renamed <folder>.previous-<time> before a new run unless the
-#                         arguments hold --resume. A --output-dir argument replaces it.
-#   <CaseName>.log        `key = value` lines: Network, RankSize, BatchSize, DeviceType,
-#                         CaseName, ActualFPS, TrainingTime (ms per global step), TrainAccuracy
-#                         (final validation top-1, %), ActualLoss (last epoch's training loss),
-#                         E2ETrainingTime (s); every value read from the run's summary.json.
-#                         CaseName = <Network>_bs<global batch>_<processes>p_{perf|acc}.
-# Exit status: the trainer's. A failed run writes no <CaseName>.log, and the one of an
-# earlier run with the same CaseName is removed before training starts.
+#                         config.yaml, train.log, train_loss.csv, curves.png); an earlier
+#                         run's folder is renamed <folder>.previous-<time> before a new run
+#                         unless the arguments hold --resume (a folder a run still holds is
+#                         refused). A --output-dir argument replaces it.
+#   <CaseName>.log        `key = value` lines: Network, RankSize, BatchSize, DeviceType
+#                         (uname -m), CaseName, ActualFPS, TrainingTime (ms per global step),
+#                         TrainAccuracy (the BEST validation top-1 of the run, %, as the
+#                         package takes the maximum over its validation lines), ActualLoss
+#                         (last epoch's mean training loss), E2ETrainingTime (s).
+#                         CaseName = <Network>_bs<global batch>_<processes>p_acc, for
+#                         performance scripts too (the package's name).
+#   train_<CaseName>_loss.txt  one training loss per logged iteration (--print-freq), in order.
+#   train_<CaseName>_perf_report.log  (full runs) `key : value` lines:
+#       train_training_time             sum of the epochs' training wall time (s), evaluation
+#                                       excluded
+#       train_eval_time                 sum of the epochs' evaluation time (s)
+#       total_time                      the trainer's end-to-end time (s; this session's)
+#       training maximum images/sec     the best epoch's steady-state FPS (the package: batch /
+#                                       its fastest logged iteration)
+#       training average images/sec     images trained / train_training_time
+#       end to end average images/sec   images trained / total_time
+# Exit status: the trainer's. A failed run writes none of these files, and those of an
+# earlier run with the same CaseName are removed before training starts.
 
-MODELZOO_NETWORK="Resnet50-cifar_for_PyTorch"
+MODELZOO_NETWORK="Resnet50_cifar_for_PyTorch"
 MODELZOO_TEST_DIR="$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 MODELZOO_REPO="$(dirname -- "$MODELZOO_TEST_DIR")"
 
@@ -92,39 +112,66 @@ print(os.path.abspath(os.path.expanduser(str(out))))
 PY
 }
 
-# Reads summary.json, writes <CaseName>.log (atomically) and prints the ModelZoo lines.
+# Reads summary.json and train_loss.csv, writes the package's files (each atomically) and
+# prints the ModelZoo lines.
 _modelzoo_report() {
     "$PYTHON" - "$@" <<'PY'
+import csv
 import json
 import os
+import platform
 import sys
 
-summary_path, stamp, log_dir, network, kind = sys.argv[1:6]
+summary_path, stamp, log_dir, network, mode = sys.argv[1:6]
+run_dir = os.path.dirname(summary_path)
 if not os.path.isfile(summary_path) or os.path.getmtime(summary_path) < os.path.getmtime(stamp):
     sys.exit(f"error: the trainer exited 0 but wrote no summary.json for this run in "
-             f"{os.path.dirname(summary_path)}; no CaseName log written")
+             f"{run_dir}; no CaseName log written")
 with open(summary_path) as fh:
     s = json.load(fh)
-if not s.get("epochs_completed") or s.get("final_top1") is None:
+if not s.get("epochs_completed") or s.get("best_top1") is None:
     sys.exit(f"error: the run completed no epoch ({summary_path}); no CaseName log written")
 if s["epochs_completed"] < s.get("epochs", 0):
     sys.exit(f"error: the run stopped after {s['epochs_completed']} of {s['epochs']} epochs "
              f"(interrupted; resume it with --resume auto); no CaseName log written")
 batch, ranks, fps = int(s["global_batch_size"]), int(s["world_size"]), s.get("fps")
-case = f"{network}_bs{batch}_{ranks}p_{kind}"
+case = f"{network}_bs{batch}_{ranks}p_acc"
+
+
+def write(name, lines):
+    path = os.path.join(log_dir, name)
+    with open(path + ".tmp", "w") as fh:
+        fh.writelines(f"{line}\n" for line in lines)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 fps_text = f"{fps:.2f}" if fps else "n/a"
-step_ms = f"{batch * 1000 / fps:.2f}" if fps else "n/a"
-accuracy = f"{100 * s['final_top1']:.2f}"
-loss = f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "n/a"
+accuracy = f"{100 * s['best_top1']:.2f}"
 e2e = str(round(s["e2e_seconds"]))
-lines = [("Network", network), ("RankSize", ranks), ("BatchSize", batch),
-         ("DeviceType", s["device_type"]), ("CaseName", case), ("ActualFPS", fps_text),
-         ("TrainingTime", step_ms), ("TrainAccuracy", accuracy), ("ActualLoss", loss),
-         ("E2ETrainingTime", e2e)]
-path = os.path.join(log_dir, f"{case}.log")
-with open(path + ".tmp", "w") as fh:
-    fh.writelines(f"{key} = {value}\n" for key, value in lines)
-os.replace(path + ".tmp", path)
+values = [("Network", network), ("RankSize", ranks), ("BatchSize", batch),
+          ("DeviceType", platform.machine()), ("CaseName", case), ("ActualFPS", fps_text),
+          ("TrainingTime", f"{batch * 1000 / fps:.2f}" if fps else "n/a"),
+          ("TrainAccuracy", accuracy),
+          ("ActualLoss", f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "n/a"),
+          ("E2ETrainingTime", e2e)]
+with open(os.path.join(run_dir, "train_loss.csv")) as fh:
+    losses = [row["loss"] for row in csv.DictReader(fh)]
+write(f"train_{case}_loss.txt", losses)
+if mode == "full":
+    history = s["history"]
+    train_time = sum(r["train_seconds"] for r in history)
+    eval_time = sum(r["eval_seconds"] for r in history)
+    images = s["iterations"] * batch
+    rates = [r["fps"] for r in history if r.get("fps")]
+    write(f"train_{case}_perf_report.log", [
+        f"train_training_time : {train_time:.3f}", f"train_eval_time : {eval_time:.3f}",
+        f"total_time : {s['e2e_seconds']:.3f}",
+        f"training maximum images/sec : {max(rates):.2f}" if rates else
+        "training maximum images/sec : n/a",
+        f"training average images/sec : {images / train_time:.2f}",
+        f"end to end average images/sec : {images / s['e2e_seconds']:.2f}"])
+path = write(f"{case}.log", [f"{key} = {value}" for key, value in values])
 print(f"Final Performance images/sec : {fps_text}")
 print(f"Final Train Accuracy : {accuracy}")
 print(f"E2E Training Duration sec : {e2e}")
@@ -133,12 +180,17 @@ PY
 }
 
 modelzoo_main() {
-    local kind batch ranks data_path="" have_data_path=0 user_has_data=0 user_resume=0 help=0
+    local recipe batch ranks data_path="" have_data_path=0 user_has_data=0 user_resume=0 help=0
     local -a user_args=() args=()
     case "${MODE:-}" in
-        full) kind=acc ;;
-        performance) kind=perf ;;
+        full|performance) ;;
         *) _modelzoo_error "MODE must be full or performance, got '${MODE:-}'"; return 2 ;;
+    esac
+    case "${BATCH_PER_DEVICE:-}" in
+        16) recipe=resnet50_cifar100.yaml ;;
+        32) recipe=resnet50_cifar100_cos.yaml ;;
+        *) _modelzoo_error "BATCH_PER_DEVICE must be 16 or 32, got '${BATCH_PER_DEVICE:-}'"
+           return 2 ;;
     esac
     ranks="${RANK_SIZE:?RANK_SIZE is not set}"
     batch=$((RANK_SIZE * ${BATCH_PER_DEVICE:?BATCH_PER_DEVICE is not set}))
@@ -191,10 +243,9 @@ modelzoo_main() {
     local run_dir="$log_dir/train_${MODE}_${RANK_SIZE}p_bs${BATCH_PER_DEVICE}"
     local train_log="$log_dir/train_${ASCEND_DEVICE_ID}.log"
 
-    args=(--config "$MODELZOO_REPO/configs/resnet50_cifar100.yaml" --batch-size "$batch"
-          --nproc "$RANK_SIZE")
+    args=(--config "$MODELZOO_REPO/configs/$recipe" --batch-size "$batch" --nproc "$RANK_SIZE")
     if [ "$RANK_SIZE" -eq 1 ]; then args+=(--gpu-id "$ASCEND_DEVICE_ID"); fi
-    if [ "$kind" = perf ]; then args+=(--epochs 3 --max-iters 200); fi
+    if [ "$MODE" = performance ]; then args+=(--epochs 2); fi
     args+=(--output-dir "$run_dir")
     if [ "$have_data_path" -eq 1 ]; then
         args+=(--data "$data_path")
@@ -207,8 +258,19 @@ modelzoo_main() {
     local resolved eff_batch eff_ranks eff_out
     resolved="$(_modelzoo_resolve "${args[@]}")"
     { read -r eff_batch; read -r eff_ranks; read -r eff_out; } <<<"$resolved"
-    rm -f "$log_dir/${MODELZOO_NETWORK}_bs${batch}_${ranks}p_${kind}.log" \
-          "$log_dir/${MODELZOO_NETWORK}_bs${eff_batch:-$batch}_${eff_ranks:-$ranks}p_${kind}.log"
+    if [ -f "$eff_out/.ignite_rn50.lock" ] && command -v flock >/dev/null \
+        && ! flock -n "$eff_out/.ignite_rn50.lock" true; then
+        _modelzoo_error "--output-dir $eff_out is in use by another run" \
+            "($(cat "$eff_out/.ignite_rn50.lock" 2>/dev/null)); wait for it to end or pass" \
+            "another --output-dir"
+        return 2
+    fi
+    local case_name
+    for case_name in "${MODELZOO_NETWORK}_bs${batch}_${ranks}p_acc" \
+                     "${MODELZOO_NETWORK}_bs${eff_batch:-$batch}_${eff_ranks:-$ranks}p_acc"; do
+        rm -f "$log_dir/$case_name.log" "$log_dir/train_${case_name}_loss.txt" \
+              "$log_dir/train_${case_name}_perf_report.log"
+    done
 
     if [ "$have_data_path" -eq 1 ] && [ ! -d "$data_path" ]; then
         _modelzoo_error "--data_path $data_path does not exist or is not a folder; pass the" \
@@ -238,7 +300,7 @@ modelzoo_main() {
             "full log: $train_log"
         return "$status"
     fi
-    _modelzoo_report "$eff_out/summary.json" "$stamp" "$log_dir" "$MODELZOO_NETWORK" "$kind"
+    _modelzoo_report "$eff_out/summary.json" "$stamp" "$log_dir" "$MODELZOO_NETWORK" "$MODE"
     status=$?
     rm -f "$stamp"
     return "$status"

@@ -1,23 +1,30 @@
-"""The ModelZoo scripts in test/ (DESIGN §4): smoke runs of all eight, their CaseName logs
-against summary.json, the npu path on the stand-in, the failure paths and env_npu.sh."""
+"""The ModelZoo scripts in test/ (README "ModelZoo scripts"): smoke runs of all eight, the
+recipe each runs, their CaseName logs, loss files and perf reports against summary.json, the
+npu path on the stand-in, the failure paths and env_npu.sh."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import platform
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from tests.conftest import REPO, TINY, base_env
 
 TEST_DIR = REPO / "test"
-NETWORK = "Resnet50-cifar_for_PyTorch"
+NETWORK = "Resnet50_cifar_for_PyTorch"
 KEYS = ["Network", "RankSize", "BatchSize", "DeviceType", "CaseName", "ActualFPS",
         "TrainingTime", "TrainAccuracy", "ActualLoss", "E2ETrainingTime"]
+RECIPES = {16: "configs/resnet50_cifar100.yaml", 32: "configs/resnet50_cifar100_cos.yaml"}
 # script -> (mode, processes the script asks for, batch per device)
 SCRIPTS = {
     "train_full_1p.sh": ("full", 1, 16),
@@ -43,9 +50,9 @@ def _without(flags: list[str], *names: str) -> list[str]:
     return out
 
 
-# TINY minus its --batch-size (each script's own batch must stay), one iteration of one epoch.
-SMOKE = _without(TINY, "--batch-size") + ["--epochs", "1", "--max-iters", "1",
-                                          "--synthetic-test-size", "16", "--print-freq", "1"]
+# TINY minus its batch and lr flags (each script keeps its recipe), one iteration of one epoch.
+SMOKE = _without(TINY, "--batch-size", "--lr", "--lr-milestones") + [
+    "--epochs", "1", "--max-iters", "1", "--synthetic-test-size", "16", "--print-freq", "1"]
 
 
 def smoke_8p() -> list[str]:
@@ -86,10 +93,11 @@ def case_logs(folder: Path) -> list[Path]:
     return sorted(folder.glob(f"{NETWORK}_*.log"))
 
 
-def check_case_log(folder: Path, summary: dict, kind: str, stdout: str) -> dict[str, str]:
-    """The CaseName log holds the ten keys in order, each value taken from summary.json."""
+def check_case_log(folder: Path, summary: dict, mode: str, stdout: str) -> dict[str, str]:
+    """The package's files: the CaseName log (the ten keys in order, each value from
+    summary.json), the loss file (from train_loss.csv) and, for full runs, the perf report."""
     batch, ranks, fps = summary["global_batch_size"], summary["world_size"], summary["fps"]
-    case = f"{NETWORK}_bs{batch}_{ranks}p_{kind}"
+    case = f"{NETWORK}_bs{batch}_{ranks}p_acc"  # "acc" for performance scripts too
     assert [p.name for p in case_logs(folder)] == [f"{case}.log"]
     pairs = read_case_log(folder / f"{case}.log")
     assert [k for k, _ in pairs] == KEYS
@@ -97,15 +105,36 @@ def check_case_log(folder: Path, summary: dict, kind: str, stdout: str) -> dict[
     assert fps and fps > 0, summary
     assert values == {
         "Network": NETWORK, "RankSize": str(ranks), "BatchSize": str(batch),
-        "DeviceType": summary["device_type"], "CaseName": case,
+        "DeviceType": platform.machine(), "CaseName": case,
         "ActualFPS": f"{fps:.2f}", "TrainingTime": f"{batch * 1000 / fps:.2f}",
-        "TrainAccuracy": f"{100 * summary['final_top1']:.2f}",
+        "TrainAccuracy": f"{100 * summary['best_top1']:.2f}",
         "ActualLoss": f"{summary['final_loss']:.4f}",
         "E2ETrainingTime": str(round(summary["e2e_seconds"])),
     }
     assert f"Final Performance images/sec : {values['ActualFPS']}" in stdout
     assert f"Final Train Accuracy : {values['TrainAccuracy']}" in stdout
     assert f"E2E Training Duration sec : {values['E2ETrainingTime']}" in stdout
+    run_dir = Path(summary["best_checkpoint"]).parent
+    with open(run_dir / "train_loss.csv") as fh:
+        logged = [row["loss"] for row in csv.DictReader(fh)]
+    assert logged and (folder / f"train_{case}_loss.txt").read_text().split() == logged
+    report = folder / f"train_{case}_perf_report.log"
+    assert report.is_file() == (mode == "full")
+    if mode == "full":
+        lines = dict(line.split(" : ") for line in report.read_text().splitlines())
+        history = summary["history"]
+        train_time = sum(r["train_seconds"] for r in history)
+        assert float(lines["train_training_time"]) == pytest.approx(train_time, abs=1e-3)
+        assert float(lines["train_eval_time"]) == pytest.approx(
+            sum(r["eval_seconds"] for r in history), abs=1e-3)
+        assert float(lines["total_time"]) == pytest.approx(summary["e2e_seconds"], abs=1e-3)
+        assert float(lines["training maximum images/sec"]) == pytest.approx(
+            max(r["fps"] for r in history), abs=0.01)
+        images = summary["iterations"] * batch
+        assert float(lines["training average images/sec"]) == pytest.approx(
+            images / train_time, rel=1e-3)
+        assert float(lines["end to end average images/sec"]) == pytest.approx(
+            images / summary["e2e_seconds"], rel=1e-3)
     return values
 
 
@@ -146,13 +175,15 @@ def test_script_cpu_smoke(name: str, tmp_path: Path, cifar_dir: Path) -> None:
     assert (summary["global_batch_size"], summary["world_size"]) == (batch, min(nproc, 2))
     assert summary["device_type"] == "cpu" and summary["epochs_completed"] == 1
     assert summary["dataset"] == ("cifar100" if index == 1 else "synthetic")
-    check_case_log(folder, summary, "acc" if mode == "full" else "perf", proc.stdout)
+    check_case_log(folder, summary, mode, proc.stdout)
 
     log = (folder / f"train_{device_id}.log").read_text()
     assert "Epoch [1/1] done" in log
     command = log.splitlines()[0]   # the trainer command: script flags, then the user's
-    assert f"configs/resnet50_cifar100.yaml --batch-size {batch} --nproc {nproc}" in command
-    assert ("--epochs 3 --max-iters 200" in command) == (mode == "performance")
+    assert f"{RECIPES[per_device]} --batch-size {batch} --nproc {nproc}" in command
+    assert ("--epochs 2 --output-dir" in command) == (mode == "performance")
+    assert summary["lr_policy"] == ("cosine" if per_device == 32 else "step")
+    assert summary["lr"] == (0.2 if per_device == 32 else 0.1)
     assert (f"--gpu-id {device_id}" in command) == (nproc == 1)
     assert command.index("--output-dir") < command.index("--device cpu")
     if index == 1:
@@ -177,8 +208,42 @@ def test_script_npu_standin(name: str, tmp_path: Path, standin_env: dict[str, st
         assert summary["device"] == "npu:1"   # ASCEND_DEVICE_ID picks the card
     else:
         assert summary["world_size"] == 2
-    values = check_case_log(folder, summary, "acc" if mode == "full" else "perf", proc.stdout)
-    assert values["DeviceType"] == "npu"
+    check_case_log(folder, summary, mode, proc.stdout)
+
+
+def test_bs32_performance_script_runs_the_cosine_recipe(tmp_path: Path) -> None:
+    """The package's bs32 scripts: resnet50_8xb16_cifar100_cos with optimizer.lr=0.2, i.e.
+    cosine annealing per epoch from 0.2 to 0, here over the script's own 2 epochs."""
+    args = _without(SMOKE, "--epochs", "--max-iters") + ["--max-iters", "2"]
+    proc = run_script("train_performance_1p_bs32.sh", args, script_env(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "0" / "train_performance_1p_bs32"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert (config["lr_policy"], config["lr"], config["min_lr"], config["epochs"]) == \
+        ("cosine", 0.2, 0.0, 2)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["lr"] for r in summary["history"]] == pytest.approx(
+        [0.2 * (1 + math.cos(math.pi * e / 2)) / 2 for e in range(2)])  # 0.2, then 0.1
+    values = check_case_log(tmp_path / "0", summary, "performance", proc.stdout)
+    assert values["CaseName"] == f"{NETWORK}_bs32_1p_acc"
+    assert values["TrainAccuracy"] == f"{100 * max(r['val_top1'] for r in summary['history']):.2f}"
+
+
+def test_script_precision_on_standin_npu_without_apex(tmp_path: Path,
+                                                      standin_env: dict[str, str]) -> None:
+    """An NPU without apex runs the package's static loss scale 1024 with native AMP."""
+    args = _without(SMOKE, "--device") + ["--device", "npu", "--amp", "--batch-size", "8",
+                                          "--synthetic-test-size", "8"]
+    proc = run_script("train_performance_1p.sh", args, script_env(tmp_path, "0", standin_env),
+                      timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "0" / "train_performance_1p_bs16"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["precision"] == "native autocast float16, static loss scale 1024"
+    assert summary["step_dtype"] == "torch.float16" and summary["optimizer"] == "SGD"
+    assert "precision: native autocast float16, static loss scale 1024" in proc.stdout
+    state = torch.load(run_dir / "checkpoint_1.pt", map_location="cpu", weights_only=True)
+    assert state["scaler"]["scale"] == 1024.0 and state["scaler"]["growth_interval"] > 2**30
 
 
 def _plant_stale_log(folder: Path, case: str) -> Path:
@@ -203,7 +268,7 @@ def test_missing_data_path(tmp_path: Path) -> None:
 
 def test_training_failure_writes_no_case_log(tmp_path: Path) -> None:
     """The trainer's exit status comes back; no CaseName log, and the earlier one is gone."""
-    stale = _plant_stale_log(tmp_path / "0", "bs256_2p_perf")
+    stale = _plant_stale_log(tmp_path / "0", "bs256_2p_acc")
     args = SMOKE + smoke_8p() + ["--lr", "-1"]
     proc = run_script("train_performance_8p_bs32.sh", args, script_env(tmp_path))
     assert proc.returncode == 2, proc.stdout + proc.stderr
