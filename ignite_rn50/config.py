@@ -13,16 +13,16 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 
 from ignite_rn50.errors import UserError
 
 
-def _opt(default: Any, help: str, *, choices: tuple | None = None, flag: str | None = None,
-         group: str = "training", cli: bool = True) -> Any:
-    meta = {"help": help, "choices": choices, "flag": flag, "group": group, "cli": cli}
+def _opt(default: Any, help: str, *, choices: tuple | None = None,
+         group: str = "training") -> Any:
+    meta = {"help": help, "choices": choices, "group": group}
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -41,15 +41,21 @@ class Config:
                             group="device")
     amp_dtype: str = _opt("auto", "autocast dtype; auto = float16 on npu/cuda, bfloat16 on cpu",
                           choices=("auto", "float16", "bfloat16"), group="device")
-    amp_backend: str = _opt("native", "AMP implementation: torch.autocast+GradScaler or apex.amp",
-                            choices=("native", "apex"), group="device")
-    opt_level: str = _opt("O2", "apex.amp opt level (only with --amp-backend apex)",
+    amp_backend: str = _opt("native", "AMP implementation: native = torch.autocast + "
+                            "GradScaler; apex = apex.amp; auto = apex where it imports on an "
+                            "NPU (the seed's setting), else native",
+                            choices=("native", "apex", "auto"), group="device")
+    opt_level: str = _opt("O2", "apex.amp opt level (when apex runs)",
                           choices=("O1", "O2"), group="device")
     loss_scale: float | None = _opt(None, "static loss scale (e.g. 1024); default: dynamic",
                                     group="device")
     channels_last: bool = _opt(False, "use channels_last memory format for model and inputs",
                                group="device")
-    compile: bool = _opt(False, "torch.compile the model", group="device")
+    compile: bool = _opt(False, "torch.compile the model (torchair's backend on npu)",
+                         group="device")
+    graph: bool = _opt(False, "run the whole train step as one captured device graph (cuda: "
+                       "CUDA graphs; npu: torch_npu's graph capture where it has one)",
+                       group="device")
 
     # --- distributed ----------------------------------------------------------------------
     nproc: int = _opt(1, "processes per node (one per device)", group="distributed")
@@ -92,9 +98,13 @@ class Config:
     weight_decay: float = _opt(5e-4, "SGD weight decay")
     nesterov: bool = _opt(False, "Nesterov momentum")
     epochs: int = _opt(200, "training epochs")
+    lr_policy: str = _opt("step", "per-epoch lr policy: step = x --lr-gamma at each "
+                          "--lr-milestones epoch; cosine = cosine annealing from --lr to "
+                          "--min-lr over --epochs", choices=("step", "cosine"))
     lr_milestones: list[int] = _opt([60, 120, 160], "epochs at which lr is multiplied by "
-                                    "--lr-gamma")
-    lr_gamma: float = _opt(0.2, "lr decay factor at each milestone")
+                                    "--lr-gamma (step policy)")
+    lr_gamma: float = _opt(0.2, "lr decay factor at each milestone (step policy)")
+    min_lr: float = _opt(0.0, "lr reached at the end of the run (cosine policy)")
     warmup_iters: int = _opt(0, "linear lr warm-up over this many iterations (0 = none)")
     warmup_factor: float = _opt(0.1, "lr factor at the first warm-up iteration")
     max_iters: int | None = _opt(None, "cap on iterations per epoch (performance runs)")
@@ -105,6 +115,10 @@ class Config:
                            "and curves.png go", group="output")
     resume: str | None = _opt(None, "checkpoint file to resume from, or 'auto' for the newest "
                               "in --output-dir", group="output")
+    init_from: str | None = _opt(None, "start a new run from this file's model weights (ours "
+                                 "or an mmcls 0.x checkpoint); optimizer, schedule and epoch "
+                                 "start fresh. A checkpoint that --resume continues wins",
+                                 group="model")
     keep_checkpoints: int = _opt(2, "how many of the latest checkpoints to keep (the best is "
                                  "kept as well)", group="output")
     print_freq: int = _opt(50, "log one line every N iterations", group="output")
@@ -215,10 +229,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # --- command line ---------------------------------------------------------------------------
 
 def _flag(name: str) -> str:
-    return FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
+    return "--" + name.replace("_", "-")
 
 
-def _parse_scalar(tp: Any, name: str):
+def _parse_scalar(tp: Any):
     """argparse type= callable for one (optional) scalar type."""
     args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     base = args[0]
@@ -251,8 +265,6 @@ def build_parser(prog: str = "python -m ignite_rn50.run") -> argparse.ArgumentPa
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, field in FIELDS.items():
         meta = field.metadata
-        if not meta["cli"]:
-            continue
         group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         default = field.default if field.default is not dataclasses.MISSING \
             else field.default_factory()
@@ -264,11 +276,11 @@ def build_parser(prog: str = "python -m ignite_rn50.run") -> argparse.ArgumentPa
                                help=help_text)
         elif typing.get_origin(tp) is list:
             item = typing.get_args(tp)[0]
-            group.add_argument(_flag(name), dest=name, nargs="*", type=_parse_scalar(item, name),
+            group.add_argument(_flag(name), dest=name, nargs="*", type=_parse_scalar(item),
                                metavar=_describe(item).upper(), help=help_text)
         else:
             choices = meta["choices"]
-            group.add_argument(_flag(name), dest=name, type=_parse_scalar(tp, name),
+            group.add_argument(_flag(name), dest=name, type=_parse_scalar(tp),
                                choices=choices, metavar=None if choices is None else
                                "{" + ",".join(str(c) for c in choices if c is not None) + "}",
                                help=help_text)
@@ -295,6 +307,7 @@ def _validate(cfg: Config) -> None:
     need(cfg.momentum >= 0, f"--momentum must be >= 0, got {cfg.momentum}")
     need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
     need(0 < cfg.lr_gamma <= 1, f"--lr-gamma must be in (0, 1], got {cfg.lr_gamma}")
+    need(0 <= cfg.min_lr < cfg.lr, f"--min-lr must be in [0, --lr), got {cfg.min_lr}")
     need(all(m > 0 for m in cfg.lr_milestones) and cfg.lr_milestones == sorted(cfg.lr_milestones),
          f"--lr-milestones must be increasing positive epochs, got {cfg.lr_milestones}")
     need(cfg.warmup_iters >= 0, f"--warmup-iters must be >= 0, got {cfg.warmup_iters}")
@@ -302,6 +315,11 @@ def _validate(cfg: Config) -> None:
          f"{cfg.warmup_factor}")
     need(cfg.max_iters is None or cfg.max_iters > 0,
          f"--max-iters must be positive, got {cfg.max_iters}")
+    _validate_job(cfg, need)
+
+
+def _validate_job(cfg: Config, need: Callable[[bool, str], None]) -> None:
+    """Processes, nodes, devices, data and outputs, and the options that exclude each other."""
     need(cfg.nproc > 0, f"--nproc must be positive, got {cfg.nproc}")
     need(cfg.world_size > 0, f"--world-size must be positive, got {cfg.world_size}")
     need(0 <= cfg.node_rank < cfg.world_size,
@@ -329,6 +347,11 @@ def _validate(cfg: Config) -> None:
          f"--batch-size {cfg.batch_size} is global and must divide evenly over "
          f"{cfg.processes} processes (--nproc {cfg.nproc} x --world-size {cfg.world_size}); "
          f"use a multiple of {cfg.processes}")
+    need(not (cfg.graph and cfg.processes > 1),
+         "--graph with several processes is not supported yet (DDP's gradient all-reduce is "
+         "not captured); drop --graph or run one process")
+    need(not (cfg.graph and cfg.compile), "--graph and --compile each build their own device "
+         "graphs; pass one of them")
     need(cfg.dataset == "synthetic" or cfg.data is not None or cfg.download,
          "--data is required for --dataset cifar100: pass the cifar-100-python folder or its "
          "parent (or --dataset synthetic for a demo)")
@@ -340,12 +363,17 @@ def make_config(values: dict[str, Any]) -> Config:
     return cfg
 
 
-def parse_config(argv: list[str] | None = None) -> Config:
-    """Flags override the --config file, which overrides the declared defaults."""
-    args = vars(build_parser().parse_args(argv))
+def config_from_args(args: dict[str, Any]) -> Config:
+    """Parsed flags (argparse's dict, unset flags absent) over the --config file over the
+    declared defaults."""
+    args = dict(args)
     values = load_yaml(args.pop("config")) if "config" in args else {}
     values.update(args)
     return make_config(values)
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    return config_from_args(vars(build_parser().parse_args(argv)))
 
 
 def save_config(cfg: Config, path: Path) -> None:

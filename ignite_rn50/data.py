@@ -134,10 +134,7 @@ def ensure_cifar(path: str | Path) -> None:
         download_cifar(root)
 
 
-def load_cifar(path: str | Path, download: bool) -> tuple[ImageSet, ImageSet]:
-    path = Path(path).expanduser()
-    if download:
-        ensure_cifar(path)
+def load_cifar(path: str | Path) -> tuple[ImageSet, ImageSet]:
     folder = locate_cifar(path)
     return load_cifar_split(folder / "train"), load_cifar_split(folder / "test")
 
@@ -161,11 +158,25 @@ def make_synthetic(size: int, num_classes: int, image_size: int, *, split_seed: 
     return ImageSet(images.clamp(0, 255).round().to(torch.uint8), labels, num_classes)
 
 
-def load_datasets(dataset: str, data: str | None, download: bool, *, train_size: int,
-                  test_size: int, num_classes: int, image_size: int) -> tuple[ImageSet, ImageSet]:
+def load_datasets(dataset: str, data: str | None, *, train_size: int, test_size: int,
+                  num_classes: int, image_size: int) -> tuple[ImageSet, ImageSet]:
     if dataset == "synthetic":
         return (make_synthetic(train_size, num_classes, image_size, split_seed=1),
                 make_synthetic(test_size, num_classes, image_size, split_seed=2))
     if data is None:
         raise UserError("--data is required for --dataset cifar100")
-    return load_cifar(data, download)
+    return load_cifar(data)
+
+
+def num_classes(dataset: str, synthetic_classes: int) -> int:
+    return CIFAR_CLASSES if dataset == "cifar100" else synthetic_classes
+
+
+def load_test_set(dataset: str, data: str | None, *, test_size: int, num_classes: int,
+                  image_size: int) -> ImageSet:
+    """The test split alone (evaluation of a checkpoint reads nothing else)."""
+    if dataset == "synthetic":
+        return make_synthetic(test_size, num_classes, image_size, split_seed=2)
+    if data is None:
+        raise UserError("--data is required for --dataset cifar100")
+    return load_cifar_split(locate_cifar(data) / "test")

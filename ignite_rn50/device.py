@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import ignite.distributed as idist
 import torch
 
 from ignite_rn50.errors import UserError
@@ -39,6 +43,8 @@ def import_torch_npu() -> ModuleType:
     try:
         # BaseException: old torch_npu versions call sys.exit() when CANN is missing.
         return importlib.import_module("torch_npu")
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:  # noqa: BLE001
         raise UserError(f"torch_npu is installed but failed to import ({type(exc).__name__}: "
                         f"{exc}); check that CANN is installed and its set_env.sh sourced, or "
@@ -74,8 +80,7 @@ def resolve_device_type(requested: str) -> str:
 
 
 def device_count(device_type: str) -> int:
-    if device_type == "cpu":
-        return os.cpu_count() or 1
+    """Visible accelerators of this type (npu or cuda)."""
     return _module(device_type).device_count()
 
 
@@ -112,10 +117,19 @@ def select_device(device_type: str, index: int) -> torch.device:
         return torch.device("cpu")
     if device_type == "npu":
         import_torch_npu()
-        # The seed runs ops in eager (op-by-op) mode rather than jit-compiling each graph.
+        # Ascend's recommended training mode: prebuilt binary kernels, not an online
+        # compilation of each operator on first use.
         torch.npu.set_compile_mode(jit_compile=False)
     _module(device_type).set_device(index)
     return torch.device(device_type, index)
+
+
+def process_device(device_type: str, gpu_id: int | None) -> torch.device:
+    """This process's device: the one the process group selected for its rank, or
+    ``--gpu-id`` (default 0) for a single process. gloo ranks all compute on the cpu."""
+    if idist.get_world_size() > 1:
+        return idist.device() if device_type != "cpu" else torch.device("cpu")
+    return select_device(device_type, gpu_id if gpu_id is not None else 0)
 
 
 def synchronize(device: torch.device) -> None:
@@ -160,6 +174,57 @@ def pin_memory(device: torch.device) -> bool:
     return device.type in ("cuda", "npu")
 
 
+def gpu_monitor_works(device: torch.device) -> bool:
+    """ClearML's GPU monitor reads NVIDIA's NVML: useful on cuda, a failing probe elsewhere."""
+    return device.type == "cuda"
+
+
+# --- what this machine is (for the first lines of a run) --------------------------------------
+
+def describe_device(device: torch.device) -> dict[str, str]:
+    """Device name and count, plus torch_npu, CANN and apex versions where they exist."""
+    if device.type == "cpu":
+        info = {"device": f"cpu ({platform.processor() or platform.machine()}, "
+                          f"{os.cpu_count()} cores)", "device_count": "1"}
+    else:
+        mod = _module(device.type)
+        info = {"device": f"{device} {mod.get_device_name(device)}",
+                "device_count": str(mod.device_count())}
+    if device.type == "npu":
+        torch_npu = import_torch_npu()
+        info["torch_npu"] = str(getattr(torch_npu, "__version__", "unknown"))
+        info["cann"] = _cann_version(torch_npu)
+    apex = _installed_version("apex")
+    if apex is not None:
+        info["apex"] = apex
+    return info
+
+
+def _cann_version(torch_npu: ModuleType) -> str:
+    """torch_npu.utils.get_cann_version (CANN >= 8.1), else the toolkit's install record."""
+    getter = getattr(getattr(torch_npu, "utils", None), "get_cann_version", None)
+    with contextlib.suppress(Exception):
+        version = getter() if getter is not None else ""
+        if version:
+            return str(version)
+    home = os.environ.get("ASCEND_TOOLKIT_HOME") or os.environ.get("ASCEND_HOME_PATH")
+    for info in Path(home).glob("*/ascend_toolkit_install.info") if home else ():
+        for line in info.read_text(errors="ignore").splitlines():
+            if line.startswith("version="):
+                return line.split("=", 1)[1].strip()
+    return "unknown"
+
+
+def _installed_version(package: str) -> str | None:
+    """A package's version without importing it (apex imports CUDA/NPU extensions)."""
+    if importlib.util.find_spec(package) is None:
+        return None
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "installed (version unknown)"
+
+
 # --- precision --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -169,6 +234,8 @@ class Precision:
     enabled: bool
     dtype: torch.dtype | None
     backend: str  # "native" or "apex"
+    loss_scale: float | None = None  # static scale; None = dynamic
+    opt_level: str | None = None  # apex only
 
     @property
     def needs_scaler(self) -> bool:
@@ -181,16 +248,32 @@ class Precision:
             return "apex"
         return str(self.dtype).replace("torch.", "")
 
+    def explain(self) -> str:
+        """One line for the log and summary.json: what really runs."""
+        if not self.enabled:
+            return "fp32 (no mixed precision)"
+        scale = "dynamic loss scale" if self.loss_scale is None else \
+            f"static loss scale {self.loss_scale:g}"
+        if self.backend == "apex":
+            return f"apex.amp {self.opt_level}, {scale}"
+        if not self.needs_scaler:
+            return f"native autocast {self.describe()}, no loss scaling"
+        return f"native autocast {self.describe()}, {scale}"
 
-def resolve_precision(device_type: str, amp: bool | None, amp_dtype: str,
-                      amp_backend: str) -> Precision:
+
+def resolve_precision(device_type: str, amp: bool | None, amp_dtype: str, amp_backend: str,
+                      loss_scale: float | None = None, opt_level: str = "O2") -> Precision:
+    """``auto``: apex where it imports on an NPU (the seed's apex O2), else native AMP."""
     enabled = (device_type != "cpu") if amp is None else amp
+    if amp_backend == "auto":
+        amp_backend = "apex" if device_type == "npu" and enabled and _apex_imports() \
+            else "native"
     if amp_backend == "apex":
         if device_type == "cpu":
             raise UserError("--amp-backend apex needs --device npu or cuda; use the native "
                             "backend on cpu")
         _import_apex()
-        return Precision(True, None, "apex")
+        return Precision(True, None, "apex", loss_scale, opt_level)
     if not enabled:
         return Precision(False, None, "native")
     if amp_dtype == "auto":
@@ -200,7 +283,7 @@ def resolve_precision(device_type: str, amp: bool | None, amp_dtype: str,
     if device_type == "cpu":
         warnings.warn(f"--amp on cpu autocasts to {str(dtype).replace('torch.', '')}, which is "
                       "much slower than fp32 on most CPUs; drop --amp for speed", stacklevel=2)
-    return Precision(True, dtype, "native")
+    return Precision(True, dtype, "native", loss_scale)
 
 
 @contextlib.contextmanager
@@ -212,18 +295,26 @@ def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
         yield
 
 
-def make_grad_scaler(device: torch.device, precision: Precision,
-                     loss_scale: float | None) -> torch.amp.GradScaler | None:
-    """Dynamic scaling by default; a static --loss-scale never grows (it still halves and skips
+def make_grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler | None:
+    """Dynamic scaling by default; a static loss scale never grows (it still halves and skips
     the step on overflow, so one bad batch cannot poison the weights)."""
     if not precision.needs_scaler:
         return None
-    if loss_scale is None:
+    if precision.loss_scale is None:
         return torch.amp.GradScaler(device.type)
-    return torch.amp.GradScaler(device.type, init_scale=loss_scale, growth_interval=2**31 - 1)
+    return torch.amp.GradScaler(device.type, init_scale=precision.loss_scale,
+                                growth_interval=2**31 - 1)
 
 
 # --- optimiser and apex -----------------------------------------------------------------------
+
+def _apex_imports() -> bool:
+    try:
+        _import_apex()
+    except UserError:
+        return False
+    return True
+
 
 def _import_apex() -> ModuleType:
     if importlib.util.find_spec("apex") is None:
@@ -231,6 +322,8 @@ def _import_apex() -> ModuleType:
                         "npu), which is not installed; install it or use --amp-backend native")
     try:
         return importlib.import_module("apex")
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:  # noqa: BLE001
         raise UserError(f"apex is installed but failed to import ({type(exc).__name__}: {exc}); "
                         "reinstall it for this torch, or use --amp-backend native") from None
@@ -242,8 +335,12 @@ def make_optimizer(params: Any, device: torch.device, precision: Precision, *, l
     fastest implementation the device has (fused on cuda, foreach elsewhere)."""
     kwargs = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if device.type == "npu" and precision.backend == "apex":
-        with contextlib.suppress(ImportError, AttributeError):
+        try:
             from apex.optimizers import NpuFusedSGD  # type: ignore[import-not-found]
+        except (ImportError, AttributeError):
+            log.warning("warning: this apex has no NpuFusedSGD (Ascend's apex has it); using "
+                        "torch.optim.SGD, which the seed did not")
+        else:
             return NpuFusedSGD(params, **kwargs)
     if device.type == "cuda":
         return torch.optim.SGD(params, fused=True, **kwargs)
@@ -251,11 +348,12 @@ def make_optimizer(params: Any, device: torch.device, precision: Precision, *, l
 
 
 def apex_initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, opt_level: str,
-                    loss_scale: float | None) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+                    device: torch.device,
+                    precision: Precision) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     amp = _import_apex().amp
-    kwargs: dict[str, Any] = dict(opt_level=opt_level,
-                                  loss_scale="dynamic" if loss_scale is None else loss_scale)
+    scale = precision.loss_scale
+    kwargs: dict[str, Any] = dict(opt_level=precision.opt_level,
+                                  loss_scale="dynamic" if scale is None else scale)
     if device.type == "npu":
         kwargs["combine_grad"] = True  # Ascend apex only: fuses gradient buffers
     return amp.initialize(model, optimizer, **kwargs)
@@ -269,3 +367,49 @@ def apex_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
 
 def apex_state() -> Any:
     return _import_apex().amp
+
+
+# --- compilation and graph capture ------------------------------------------------------------
+
+def compile_backend_available(device_type: str) -> ModuleType | None:
+    """torchair on npu (inductor cannot generate NPU kernels); None: torch's own inductor."""
+    if device_type != "npu":
+        return None
+    try:
+        return importlib.import_module("torchair")
+    except ImportError:
+        raise UserError("--compile on npu needs torchair (Ascend's torch.compile backend), "
+                        "which is not installed; install it or drop --compile") from None
+
+
+def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """torch.compile with the device's backend: inductor on cuda/cpu, torchair on npu."""
+    torchair = compile_backend_available(device.type)
+    if torchair is None:
+        return torch.compile(model)
+    return torch.compile(model, backend=torchair.get_npu_backend(), dynamic=False)
+
+
+@dataclass(frozen=True)
+class GraphApi:
+    """The device's graph-capture API, in CUDA's shape (torch.npu mirrors it)."""
+
+    graph: Callable[[], Any]          # torch.cuda.CUDAGraph
+    capture: Callable[..., Any]       # torch.cuda.graph(g, pool=..., stream=...)
+    stream: Callable[[], Any]         # torch.cuda.Stream
+    use_stream: Callable[[Any], Any]  # torch.cuda.stream(s)
+    current_stream: Callable[[], Any]
+
+
+def graph_api(device: torch.device) -> GraphApi:
+    """--graph: CUDA graphs on cuda, torch_npu's NPUGraph where this torch_npu has one."""
+    if device.type == "cpu":
+        raise UserError("--graph captures the train step as a device graph, which needs "
+                        "--device cuda or npu; drop --graph on cpu")
+    mod = _module(device.type)
+    names = {"cuda": "CUDAGraph", "npu": "NPUGraph"}
+    graph_cls = getattr(mod, names[device.type], None)
+    if graph_cls is None or not hasattr(mod, "graph"):
+        raise UserError(f"--graph: this torch_npu has no graph capture (torch.npu."
+                        f"{names[device.type]}); upgrade torch_npu or drop --graph")
+    return GraphApi(graph_cls, mod.graph, mod.Stream, mod.stream, mod.current_stream)

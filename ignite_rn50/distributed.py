@@ -1,4 +1,5 @@
-"""Process launch through ``idist.Parallel``, and the HCCL computation model ignite lacks.
+"""Process launch through ``idist.Parallel``, the HCCL computation model ignite lacks, DDP
+wrapping and the few collectives the trainer runs outside DDP.
 
 ignite 0.5's native model knows only nccl/gloo/mpi, returns cuda or cpu from ``device()``
 and hard-codes ``_NativeDistModel`` inside its static spawn/worker functions. ``HcclDistModel``
@@ -10,11 +11,13 @@ module, which spawned children import too (they unpickle ``run.train`` from it).
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
 import socket
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -23,11 +26,21 @@ import ignite.distributed as idist
 import ignite.distributed.utils as idist_utils
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from ignite.distributed.comp_models.native import _NativeDistModel
 
-from ignite_rn50 import device as dev
-from ignite_rn50.errors import UserError
+# Imported here, before any process group exists: its collectives take ``group=group.WORLD``
+# as a default argument, evaluated at import. Imported later (DDP's constructor imports
+# torch._dynamo, which imports it) it holds the live group forever, so destroy_process_group
+# cannot free it and gloo's worker threads run on into interpreter shutdown, where one that
+# releases a finished collective's tensors must take the GIL, is ended by Python, and aborts
+# the rank ("terminate called without an active exception", status -6).
+import torch.distributed.nn.functional  # noqa: E402, F401  isort: skip
+import torch.multiprocessing as mp  # noqa: E402
+from ignite.distributed.comp_models.native import _NativeDistModel  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ignite_rn50 import device as dev  # noqa: E402
+from ignite_rn50.config import Config  # noqa: E402
+from ignite_rn50.errors import UserError  # noqa: E402
 
 
 class HcclDistModel(_NativeDistModel):
@@ -176,36 +189,111 @@ def wait_for_master(addr: str, port: int, timeout_s: float) -> None:
             time.sleep(1)
 
 
-def _forward_termination_to_children() -> None:
-    """The launcher relays SIGTERM to its spawned ranks, which stop after their current step
-    and save; a terminal's Ctrl-C already reaches every process of the group."""
+class _SignalRelay:
+    """The launcher passes SIGTERM and SIGINT on to its ranks, which stop after an agreed step
+    and save (a terminal's Ctrl-C also reaches them directly; they count both as one). A
+    second SIGINT more than 2 s later stops the job now: KeyboardInterrupt here."""
 
-    def relay(signum: int, frame: Any) -> None:
+    def __init__(self) -> None:
+        self.first_sigint: float | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self.relay)
+        signal.signal(signal.SIGINT, self.relay)
+
+    def relay(self, signum: int, frame: Any) -> None:
         for child in multiprocessing.active_children():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGTERM)
+                os.kill(child.pid, signum)
+        if signum == signal.SIGINT:
+            now = time.monotonic()
+            if self.first_sigint is not None and now - self.first_sigint > 2:
+                raise KeyboardInterrupt
+            self.first_sigint = self.first_sigint or now
 
-    signal.signal(signal.SIGTERM, relay)
-    signal.signal(signal.SIGINT, lambda *_: None)
+
+def _end_ranks(grace_s: float = 10) -> None:
+    """After a second Ctrl-C: give the ranks ``grace_s`` to exit, then kill what is left."""
+    deadline = time.monotonic() + grace_s
+    for child in multiprocessing.active_children():
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join(5)
 
 
-def launch(train: Callable[..., None], config: Any, *, backend: str | None, nproc: int,
-           nnodes: int, node_rank: int, addr: str, port: int, timeout_s: int) -> None:
-    timeout = timedelta(seconds=timeout_s)
+def launch(fn: Callable[[int, Any], None], arg: Any, cfg: Config, backend: str | None) -> None:
+    """``fn(local_rank, arg)`` in every process of the job ``cfg`` describes: here alone for
+    one process, in the group torchrun/SLURM made, or in ``--nproc`` spawned processes."""
+    timeout = timedelta(seconds=cfg.dist_timeout)
     if launched_externally():
         idist.initialize(backend or "gloo", timeout=timeout)
         try:
-            train(idist.get_local_rank(), config)
+            fn(idist.get_local_rank(), arg)
         finally:
             idist.finalize()
         return
-    if nproc * nnodes == 1:
-        train(0, config)
+    if cfg.processes == 1:
+        fn(0, arg)
         return
-    if node_rank > 0:
-        wait_for_master(addr, port, timeout_s)
-    _forward_termination_to_children()
-    with idist.Parallel(backend=backend, nproc_per_node=nproc, nnodes=nnodes,
-                        node_rank=node_rank, master_addr=addr, master_port=port,
-                        timeout=timeout) as parallel:
-        parallel.run(train, config)
+    if cfg.node_rank > 0:
+        wait_for_master(cfg.addr, cfg.port, cfg.dist_timeout)
+    _SignalRelay().install()
+    try:
+        with idist.Parallel(backend=backend, nproc_per_node=cfg.nproc, nnodes=cfg.world_size,
+                            node_rank=cfg.node_rank, master_addr=cfg.addr,
+                            master_port=cfg.port, timeout=timeout) as parallel:
+            parallel.run(fn, arg)
+    except KeyboardInterrupt:
+        _end_ranks()
+        raise
+
+
+def release_process_objects() -> None:
+    """Free what still references the process group before it is destroyed: the engines'
+    handlers and closures form reference cycles that hold DDP, and DDP holds the group. Only
+    a group freed while the interpreter is alive joins its worker threads safely."""
+    gc.collect()
+
+
+def leave_group() -> None:
+    """A rank that fails frees and destroys its group now: its exit then finds no gloo
+    thread alive (see the import note at the top of this module)."""
+    release_process_objects()
+    if idist.get_world_size() > 1:
+        idist.finalize()
+
+
+# --- DDP and the collectives outside it ----------------------------------------------------------
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP over the current group; on HCCL with ``broadcast_buffers=False`` (the seed's
+    setting: BN statistics are broadcast from rank 0 before each evaluation instead)."""
+    kwargs: dict[str, Any] = {}
+    if idist.backend() in HcclDistModel.available_backends:
+        kwargs["broadcast_buffers"] = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch renames that keyword
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type != "cpu" else None, **kwargs)
+
+
+@torch.no_grad()
+def replica_report(model: nn.Module, device: torch.device) -> dict[str, Any]:
+    """What each rank really ran on, and a weight checksum per replica (equal when DDP kept
+    the replicas in step); two collectives at the end of a run."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum()
+    # float32 on the wire: HCCL's all_gather does not take float64 on every Ascend chip
+    sums = idist.all_gather(checksum.reshape(1).float().to(idist.device()))
+    devices = idist.all_gather(str(device))
+    return {"backend": idist.backend(), "rank_devices": devices if isinstance(devices, list)
+            else [devices], "replica_checksums": [float(v) for v in sums.cpu().tolist()]}
+
+
+@torch.no_grad()
+def sync_buffers(model: nn.Module) -> None:
+    """BN running stats from rank 0 everywhere: HCCL runs DDP with broadcast_buffers=False,
+    and evaluation shards must all use the statistics that the checkpoint will hold."""
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            buf.copy_(idist.broadcast(buf, src=0))

@@ -1,4 +1,5 @@
-"""The train step and the two Engines. No file or logging I/O here.
+"""The step: model, optimiser and precision put together, the train step and the two Engines.
+Nothing is written here; the one file read is --init-from's weights.
 
 The step is ours rather than ``create_supervised_trainer``'s because ignite autocasts on
 "cuda" whatever the device; ours autocasts on the real device type (npu, cuda, cpu) and
@@ -7,6 +8,9 @@ returns the loss as a device tensor, so no host sync happens per step.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,42 +19,150 @@ from ignite.metrics import Accuracy, Loss, TopKCategoricalAccuracy
 from torch import nn
 
 from ignite_rn50 import device as dev
+from ignite_rn50 import distributed, weights
+from ignite_rn50.config import Config
+from ignite_rn50.graph import GraphedStep, StepBody
+from ignite_rn50.handlers import LrSchedule
+from ignite_rn50.model import build_model
+from ignite_rn50.runtime import Runtime
 
+log = logging.getLogger("ignite_rn50")
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def prepare_batch(batch: Batch, device: torch.device,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> Batch:
+    """Both steps' inputs: on the device (asynchronously), images in the model's layout."""
+    images, targets = batch
+    return (images.to(device, non_blocking=True, memory_format=memory_format),
+            targets.to(device, non_blocking=True))
+
+
+@dataclass
+class Parts:
+    """Everything a train step needs, and what a checkpoint saves of it."""
+
+    depth: int
+    model: nn.Module  # the bare model: checkpoints, evaluation, checksums
+    net: nn.Module  # what the train step calls: DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    criterion: nn.Module
+    schedule: LrSchedule
+    precision: dev.Precision
+    memory_format: torch.memory_format
+
+
+def build_parts(cfg: Config, rt: Runtime, num_classes: int) -> Parts:
+    """Model (from --init-from's weights if given), then optimiser, apex, DDP and
+    compilation, in the order each requires: apex casts the model before DDP wraps it, and
+    DDP broadcasts rank 0's weights."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = build_model(cfg.depth, num_classes)
+    if cfg.init_from is not None:
+        layout = weights.load_into(model, Path(cfg.init_from), flag="--init-from")
+        if rt.is_main:
+            log.info("initialised from %s (%s layout; optimizer, schedule and epochs start "
+                     "fresh)", cfg.init_from, layout)
+    model = model.to(rt.device, memory_format=memory_format)
+    optimizer = dev.make_optimizer(model.parameters(), rt.device, rt.precision, lr=cfg.lr,
+                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                   nesterov=cfg.nesterov)
+    if rt.precision.backend == "apex":
+        model, optimizer = dev.apex_initialize(model, optimizer, rt.device, rt.precision)
+    net = distributed.wrap_ddp(model, rt.device) if rt.world_size > 1 else model
+    if cfg.compile:
+        net = dev.compile_model(net, rt.device)
+    schedule = LrSchedule(optimizer, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_iters,
+                          cfg.warmup_factor, policy=cfg.lr_policy, epochs=cfg.epochs,
+                          min_lr=cfg.min_lr)
+    return Parts(depth=cfg.depth, model=model, net=net, optimizer=optimizer,
+                 scaler=dev.make_grad_scaler(rt.device, rt.precision),
+                 criterion=nn.CrossEntropyLoss().to(rt.device), schedule=schedule,
+                 precision=rt.precision, memory_format=memory_format)
+
+
+class Update:
+    """Forward, loss, backward and optimizer step on ready inputs (gradients already None);
+    returns the detached loss and the logits."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
+                 device: torch.device, precision: dev.Precision,
+                 scaler: torch.amp.GradScaler | None) -> None:
+        self.model, self.optimizer, self.criterion = model, optimizer, criterion
+        self.device, self.precision, self.scaler = device, precision, scaler
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        with dev.autocast(self.device, self.precision):
+            logits = self.model(images)
+            loss = self.criterion(logits, targets)
+        if self.precision.backend == "apex":
+            dev.apex_backward(loss, self.optimizer)
+            self.optimizer.step()
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        return loss.detach(), logits
+
+
+class TrainStep:
+    """ignite's process function: a batch onto the device, then the update (eagerly, or
+    through a captured graph when ``update`` is a GraphedStep)."""
+
+    def __init__(self, model: nn.Module, update: StepBody, device: torch.device,
+                 memory_format: torch.memory_format,
+                 zero_grad: Callable[[], None] | None) -> None:
+        self.model, self.update, self.device = model, update, device
+        self.memory_format, self.zero_grad = memory_format, zero_grad
+
+    def __call__(self, engine: Engine, batch: Batch) -> torch.Tensor:
+        self.model.train()
+        images, targets = prepare_batch(batch, self.device, self.memory_format)
+        if self.zero_grad is not None:
+            self.zero_grad()
+        loss, logits = self.update(images, targets)
+        record_what_ran(engine, logits, images)
+        return loss
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                     device: torch.device, precision: dev.Precision,
                     scaler: torch.amp.GradScaler | None,
-                    memory_format: torch.memory_format = torch.contiguous_format,
-                    ) -> Callable[[Engine, Batch], torch.Tensor]:
-    use_apex = precision.backend == "apex"
+                    memory_format: torch.memory_format = torch.contiguous_format) -> TrainStep:
+    update = Update(model, optimizer, criterion, device, precision, scaler)
+    return TrainStep(model, update, device, memory_format,
+                     lambda: optimizer.zero_grad(set_to_none=True))
 
-    def train_step(engine: Engine, batch: Batch) -> torch.Tensor:
-        model.train()
-        images, targets = batch
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        targets = targets.to(device, non_blocking=True)
-        with dev.autocast(device, precision):
-            logits = model(images)
-            loss = criterion(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        if use_apex:
-            dev.apex_backward(loss, optimizer)
-            optimizer.step()
-        elif scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        # What really ran (not what was asked): read back by summary.json and the tests.
-        engine.state.step_dtype = logits.dtype
-        engine.state.step_device = logits.device
-        return loss.detach()
 
-    return train_step
+def make_graphed_train_step(parts: Parts, device: torch.device,
+                            api: dev.GraphApi | None) -> TrainStep:
+    """The same step, captured once and replayed (see graph.py; it manages the gradients);
+    ``api`` None runs every step eagerly through the same static buffers."""
+    update = Update(parts.net, parts.optimizer, parts.criterion, device, parts.precision,
+                    parts.scaler)
+    return TrainStep(parts.net, GraphedStep(update, parts.optimizer, api), device,
+                     parts.memory_format, zero_grad=None)
+
+
+def build_trainer(parts: Parts, device: torch.device, graph: bool) -> Engine:
+    if graph:
+        return create_trainer(make_graphed_train_step(parts, device, dev.graph_api(device)))
+    return create_trainer(make_train_step(parts.net, parts.optimizer, parts.criterion, device,
+                                          parts.precision, parts.scaler, parts.memory_format))
+
+
+def record_what_ran(engine: Engine, logits: torch.Tensor, images: torch.Tensor) -> None:
+    """What really ran (not what was asked), from tensor metadata alone (no device sync):
+    read back by summary.json and the tests."""
+    engine.state.step_dtype = logits.dtype
+    engine.state.step_device = logits.device
+    engine.state.step_channels_last = (images.dim() == 4 and not images.is_contiguous()
+                                       and images.is_contiguous(memory_format=torch.channels_last))
 
 
 def create_trainer(train_step: Callable[[Engine, Batch], torch.Tensor]) -> Engine:
@@ -59,22 +171,26 @@ def create_trainer(train_step: Callable[[Engine, Batch], torch.Tensor]) -> Engin
     return trainer
 
 
+class EvalStep:
+    def __init__(self, model: nn.Module, device: torch.device, precision: dev.Precision,
+                 memory_format: torch.memory_format) -> None:
+        self.model, self.device = model, device
+        self.precision, self.memory_format = precision, memory_format
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine, batch: Batch) -> Batch:
+        self.model.eval()
+        images, targets = prepare_batch(batch, self.device, self.memory_format)
+        with dev.autocast(self.device, self.precision):
+            logits = self.model(images)
+        return logits.float(), targets
+
+
 def create_evaluator(model: nn.Module, criterion: nn.Module, device: torch.device,
                      precision: dev.Precision,
                      memory_format: torch.memory_format = torch.contiguous_format) -> Engine:
     """top-1, top-5 and loss, accumulated on the device and all-reduced once at the end."""
-
-    @torch.no_grad()
-    def eval_step(engine: Engine, batch: Batch) -> Batch:
-        model.eval()
-        images, targets = batch
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        targets = targets.to(device, non_blocking=True)
-        with dev.autocast(device, precision):
-            logits = model(images)
-        return logits.float(), targets
-
-    evaluator = Engine(eval_step)
+    evaluator = Engine(EvalStep(model, device, precision, memory_format))
     evaluator.logger.disabled = True
     Accuracy(device=device).attach(evaluator, "top1")
     TopKCategoricalAccuracy(k=5, device=device).attach(evaluator, "top5")

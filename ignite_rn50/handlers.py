@@ -12,7 +12,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import ignite.distributed as idist
 import torch
@@ -20,7 +20,11 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
 from ignite_rn50 import device as dev
+from ignite_rn50 import distributed
 from ignite_rn50.errors import UserError
+
+if TYPE_CHECKING:
+    from ignite_rn50.engine import Parts
 
 log = logging.getLogger("ignite_rn50")
 
@@ -28,7 +32,7 @@ log = logging.getLogger("ignite_rn50")
 # --- throughput -------------------------------------------------------------------------------
 
 class FpsMeter:
-    """Steady-state global images/s per epoch (DESIGN §4).
+    """Steady-state global images/s per epoch (README, "ModelZoo scripts": ActualFPS).
 
     The window opens after ``warmup`` iterations of each epoch and closes at the epoch's last
     iteration, both at device-synchronised time points; evaluation is outside it. Each rank
@@ -204,39 +208,205 @@ class LossTracker:
         self.epoch_loss = self._epoch_sum / max(self._epoch_count, 1)
 
 
+class IntervalLog:
+    """The line every ``print_freq`` iterations (LossTracker's reading point): the interval's
+    mean loss, the lr that step used, and global img/s since the previous line. The loss was
+    just read from the device, so the clock here is synchronised. Rank 0 also appends
+    ``iteration,epoch,loss,lr`` to ``loss_file`` (rows past ``resumed_at`` are dropped first:
+    a killed run logged iterations that are now trained again)."""
+
+    def __init__(self, lr: Callable[[], float], images_per_step: int, epochs: int,
+                 loss_file: Path | None, resumed_at: int = 0) -> None:
+        self.lr, self.images_per_step, self.epochs = lr, images_per_step, epochs
+        self.loss_file = loss_file if idist.get_rank() == 0 else None
+        self._time, self._iteration = time.perf_counter(), resumed_at
+        if self.loss_file is not None:
+            self._keep_rows_up_to(resumed_at)
+
+    def _keep_rows_up_to(self, iteration: int) -> None:
+        assert self.loss_file is not None
+        rows = self.loss_file.read_text().splitlines()[1:] if self.loss_file.is_file() else []
+        kept = [r for r in rows if int(r.split(",")[0]) <= iteration]
+        self.loss_file.write_text("".join(f"{r}\n" for r in ["iteration,epoch,loss,lr", *kept]))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._restart)
+
+    def _restart(self, engine: Engine) -> None:
+        self._time, self._iteration = time.perf_counter(), engine.state.iteration
+
+    def __call__(self, engine: Engine, loss: float) -> None:
+        now, state = time.perf_counter(), engine.state
+        rate = (state.iteration - self._iteration) * self.images_per_step / max(
+            now - self._time, 1e-9)
+        self._time, self._iteration = now, state.iteration
+        lr = self.lr()
+        state.metrics.update(loss=loss, lr=lr)
+        if idist.get_rank() != 0:
+            return
+        step = (state.iteration - 1) % state.epoch_length + 1
+        log.info("Epoch [%d/%d] Iter [%d/%d] loss %.4f lr %.6f %.1f img/s", state.epoch,
+                 self.epochs, step, state.epoch_length, loss, lr, rate)
+        if self.loss_file is not None:
+            with self.loss_file.open("a") as fh:
+                fh.write(f"{state.iteration},{state.epoch},{loss:.6f},{lr:.8g}\n")
+
+
+def feed_epochs(trainer: Engine, train_data: Any) -> None:
+    """Each epoch's batches depend only on (seed, rank, epoch); a resumed epoch starts at its
+    first batch not yet trained."""
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _set_epoch(engine: Engine) -> None:
+        done = engine.state.iteration % engine.state.epoch_length if engine.state.iteration else 0
+        train_data.set_epoch(engine.state.epoch, start_batch=done)
+
+
+class EpochEnd:
+    """At each epoch end, in this order: the epoch's loss (a NaN stops here), finite weights,
+    BN statistics from rank 0 (several processes), evaluation, one history row, the log
+    line. Nothing diverged is ever evaluated or saved: checkpoint handlers run after this."""
+
+    def __init__(self, model: torch.nn.Module, evaluator: Engine, eval_batches: Any,
+                 losses: LossTracker, fps: FpsMeter, epoch_lr: Callable[[], float],
+                 record: Any, epochs: int) -> None:
+        self.model, self.evaluator, self.eval_batches = model, evaluator, eval_batches
+        self.losses, self.fps, self.epoch_lr = losses, fps, epoch_lr
+        self.record, self.epochs = record, epochs
+        self._started = time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._started = time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        train_seconds = time.perf_counter() - self._started
+        self.losses.epoch_completed(engine)
+        check_finite_weights(self.model, engine)
+        if idist.get_world_size() > 1:
+            distributed.sync_buffers(self.model)
+        eval_started = time.perf_counter()
+        self.evaluator.run(self.eval_batches)
+        metrics = self.evaluator.state.metrics
+        row = {"epoch": engine.state.epoch, "train_loss": self.losses.epoch_loss,
+               "val_loss": metrics["loss"], "val_top1": metrics["top1"],
+               "val_top5": metrics["top5"], "lr": self.epoch_lr(), "fps": self.fps.epoch_fps,
+               "data_wait": self.fps.epoch_data_wait, "train_seconds": train_seconds,
+               "eval_seconds": time.perf_counter() - eval_started}
+        self.record.add(row)
+        engine.state.metrics.update(epoch_loss=row["train_loss"], fps=row["fps"] or 0.0,
+                                    data_wait=row["data_wait"] or 0.0, epoch_lr=row["lr"])
+        if idist.get_rank() == 0:
+            log_epoch(row, self.epochs)
+
+
+def log_epoch(row: dict[str, Any], epochs: int) -> None:
+    log.info("Epoch [%d/%d] done: train loss %.4f | val loss %.4f top-1 %.2f%% top-5 %.2f%% | "
+             "%s img/s, data wait %s", row["epoch"], epochs, row["train_loss"], row["val_loss"],
+             100 * row["val_top1"], 100 * row["val_top5"],
+             f"{row['fps']:.1f}" if row["fps"] else "n/a",
+             f"{100 * row['data_wait']:.1f}%" if row["data_wait"] is not None else "n/a")
+
+
+@dataclass
+class TrainingHandlers:
+    fps: FpsMeter
+    losses: LossTracker
+    stop: GracefulStop
+
+
+def attach_all(trainer: Engine, evaluator: Engine, parts: Parts, train_data: Any,
+               eval_batches: Any, record: Any, *, device: torch.device, batch: int,
+               print_freq: int, epochs: int, loss_file: Path | None) -> TrainingHandlers:
+    """The trainer's handlers, in the order they must run at each event: the lr decay at an
+    epoch's end runs before EpochEnd (which reports the epoch's own lr) and before the
+    checkpoint handlers attached after this (a saved schedule holds the next epoch's lr)."""
+    fps = FpsMeter(device, batch)
+    fps.attach(trainer)
+    parts.schedule.attach(trainer)
+    feed_epochs(trainer, train_data)
+    interval = IntervalLog(lambda: parts.schedule.lr, batch * idist.get_world_size(), epochs,
+                           loss_file, resumed_at=trainer.state.iteration)
+    interval.attach(trainer)
+    losses = LossTracker(device, print_freq, interval)
+    losses.attach(trainer)
+    stop = GracefulStop()
+    stop.attach(trainer, every=print_freq)
+    EpochEnd(parts.model, evaluator, eval_batches, losses, fps, lambda: parts.schedule.epoch_lr,
+             record, epochs).attach(trainer)
+    return TrainingHandlers(fps, losses, stop)
+
+
 # --- learning rate --------------------------------------------------------------------------
 
 class LrSchedule:
-    """Epoch-wise MultiStepLR (torch's) with an optional per-iteration linear warm-up (torch's
-    LinearLR); both are checkpointed through ``state_dict``."""
+    """Per-epoch lr policy with an optional per-iteration linear warm-up, all torch schedulers
+    (checkpointed through ``state_dict``):
+
+    - step: MultiStepLR, x ``gamma`` at each milestone epoch (mmcv's "step" policy);
+    - cosine: CosineAnnealingLR from lr to ``min_lr`` over ``epochs``, stepped once per epoch
+      (mmcv's CosineAnnealing by epoch: epoch e runs at min + (lr - min)(1 + cos(pi e/E))/2);
+    - warm-up: LinearLR from ``warmup_factor`` x lr over ``warmup_iters`` iterations.
+
+    The warm-up steps before each iteration, so the optimizer's lr during and after a step is
+    the lr that step used (what the log line shows); ``epoch_lr`` is the epoch's first lr.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, milestones: list[int], gamma: float,
-                 warmup_iters: int, warmup_factor: float) -> None:
-        self.optimizer = optimizer
-        self.warmup_iters = warmup_iters
-        self.warmup = (torch.optim.lr_scheduler.LinearLR(optimizer, warmup_factor, 1.0,
-                                                         total_iters=warmup_iters)
+                 warmup_iters: int, warmup_factor: float, *, policy: str = "step",
+                 epochs: int | None = None, min_lr: float = 0.0) -> None:
+        self.optimizer, self.policy, self.warmup_iters = optimizer, policy, warmup_iters
+        sched = torch.optim.lr_scheduler
+        self.warmup = (sched.LinearLR(optimizer, warmup_factor, 1.0, total_iters=warmup_iters)
                        if warmup_iters > 0 else None)
-        self.decay = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma)
+        if policy == "cosine":
+            if not epochs:
+                raise ValueError("the cosine policy needs the number of epochs")
+            self.decay: Any = sched.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=min_lr)
+        else:
+            self.decay = sched.MultiStepLR(optimizer, milestones, gamma)
+        self.epoch_lr = self.lr
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
         if self.warmup is not None:
-            engine.add_event_handler(Events.ITERATION_COMPLETED, self._warmup_step)
+            engine.add_event_handler(Events.ITERATION_STARTED, self._iteration_started)
         engine.add_event_handler(Events.EPOCH_COMPLETED, lambda _: self.decay.step())
 
-    def _warmup_step(self, engine: Engine) -> None:
-        if engine.state.iteration <= self.warmup_iters:
+    def _warm_up_to(self, steps: int) -> None:
+        """Bring the warm-up to ``steps`` steps (also right after a resume, whichever event
+        the checkpoint was saved at)."""
+        while self.warmup is not None and self.warmup.last_epoch < min(steps,
+                                                                        self.warmup_iters):
             self.warmup.step()
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self._warm_up_to(engine.state.iteration)  # the lr of the coming iteration
+        self.epoch_lr = self.lr
+
+    def _iteration_started(self, engine: Engine) -> None:
+        self._warm_up_to(engine.state.iteration - 1)  # iteration i runs after i - 1 steps
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay.state_dict(),
+        return {"policy": self.policy, "decay": self.decay.state_dict(),
                 "warmup": None if self.warmup is None else self.warmup.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        policy = state.get("policy", "step")  # checkpoints before the cosine policy
+        if policy != self.policy:
+            raise UserError(f"checkpoint was written with --lr-policy {policy}, this run has "
+                            f"{self.policy}; pass --lr-policy {policy} to resume it")
+        saved_epochs = state["decay"].get("T_max")
+        if self.policy == "cosine" and saved_epochs != self.decay.T_max:
+            raise UserError(f"checkpoint anneals the lr over {saved_epochs} epochs (cosine), "
+                            f"this run over {self.decay.T_max}; pass --epochs {saved_epochs}")
         self.decay.load_state_dict(state["decay"])
         if self.warmup is not None and state.get("warmup") is not None:
             self.warmup.load_state_dict(state["warmup"])
@@ -244,7 +414,7 @@ class LrSchedule:
 
 # --- checkpoints ------------------------------------------------------------------------------
 
-LAST_PREFIX, BEST_PREFIX, INTERRUPT_PREFIX = "", "best", "interrupted"
+BEST_PREFIX, INTERRUPT_PREFIX = "best", "interrupted"
 LAST_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 BEST_RE = re.compile(r"^best_checkpoint_(\d+)_top1=([0-9.]+)\.pt$")
 INTERRUPT_RE = re.compile(r"^interrupted_checkpoint_(\d+)\.pt$")
@@ -391,6 +561,46 @@ def restore(to_load: dict[str, Any], state: dict[str, Any], path: Path) -> None:
                         "options of the run that wrote it") from None
 
 
+def setup_checkpoints(parts: Parts, trainer: Engine, evaluator: Engine, record: Any,
+                      num_classes: int, out: Path, keep: int) -> Checkpoints:
+    """One ``to_save`` dict serves saving and resuming; ``identity`` names what a checkpoint
+    must match to be resumed."""
+    identity = RunIdentity({"depth": parts.depth, "num_classes": num_classes,
+                            "optimizer": type(parts.optimizer).__name__,
+                            "amp": parts.precision.describe()})
+    to_save: dict[str, Any] = {"model": parts.model, "optimizer": parts.optimizer,
+                               "lr_scheduler": parts.schedule, "trainer": trainer,
+                               "record": record, "identity": identity}
+    if parts.scaler is not None:
+        to_save["scaler"] = parts.scaler
+    if parts.precision.backend == "apex":
+        to_save["amp"] = dev.apex_state()
+    return Checkpoints(to_save, out, keep, top1=lambda: evaluator.state.metrics["top1"])
+
+
+def resume(spec: str | None, checkpoints: Checkpoints, trainer: Engine,
+           epoch_length: int) -> Path | None:
+    """--resume: restore every saved object from the given checkpoint, or with ``auto`` the
+    newest complete one in the folder. Returns the file, or None when starting fresh."""
+    if spec is None:
+        return None
+    out = checkpoints.dirname
+    path = find_latest_checkpoint(out) if spec == "auto" else Path(spec)
+    if path is None:
+        log.info("--resume auto: no checkpoint in %s yet, starting from scratch", out)
+        return None
+    restore(checkpoints.to_save, load_checkpoint(path), path)
+    if trainer.state.epoch_length != epoch_length:
+        raise UserError(f"--resume {path} was written with {trainer.state.epoch_length} "
+                        f"iterations per epoch, this run has {epoch_length} (batch size, "
+                        "processes, --max-iters or data differ); resume with the options of "
+                        "that run")
+    checkpoints.forget_after(trainer.state.epoch, trainer.state.iteration)
+    log.info("resumed from %s (epoch %d, iteration %d)", path, trainer.state.epoch,
+             trainer.state.iteration)
+    return path
+
+
 # --- signals ----------------------------------------------------------------------------------
 
 class GracefulStop:
@@ -400,7 +610,8 @@ class GracefulStop:
     """
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
+        self.signum = 0  # the first signal received by this process; 0 = none
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -413,9 +624,8 @@ class GracefulStop:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal_name is None:
-            self.signal_name = signal.Signals(signum).name
-            self._first = time.monotonic()
+        if not self.signum:
+            self.signum, self._first = signum, time.monotonic()
         elif time.monotonic() - self._first > 2:  # a relayed duplicate is not a second signal
             raise KeyboardInterrupt
 
@@ -429,10 +639,10 @@ class GracefulStop:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=every), self._check)
 
     def _check(self, engine: Engine) -> None:
-        stop = self.signal_name is not None
-        if idist.get_world_size() > 1:
-            flag = torch.tensor([float(stop)], device=idist.device())
-            stop = bool(idist.all_reduce(flag, op="MAX").item())
-        if stop:
-            engine.state.stopped_by_signal = self.signal_name or "SIGTERM"
+        signum = self.signum
+        if idist.get_world_size() > 1:  # every rank learns which signal stopped the job
+            flag = torch.tensor([float(signum)], device=idist.device())
+            signum = int(idist.all_reduce(flag, op="MAX").item())
+        if signum:
+            engine.state.stopped_by_signal = signal.Signals(signum).name
             engine.terminate()

@@ -14,20 +14,27 @@ from 0..8 and flips with rate 0.5, and give bit-identical evaluation inputs.
 from __future__ import annotations
 
 import itertools
-from typing import Iterator, Protocol
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Protocol
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ignite_rn50.data import CIFAR_MEAN, CIFAR_STD, ImageSet
+from ignite_rn50 import device as dev
+from ignite_rn50.config import Config
+from ignite_rn50.data import CIFAR_MEAN, CIFAR_STD, ImageSet, ensure_cifar, load_datasets
+from ignite_rn50.errors import UserError
 
 PAD = 4  # at 32x32, the reference; smaller (synthetic) images pad in proportion
 
 
 def pad_for(image_size: int) -> int:
     return max(1, PAD * image_size // 32)
+
+
 MEAN01 = [m / 255 for m in CIFAR_MEAN]
 STD01 = [s / 255 for s in CIFAR_STD]
 
@@ -244,3 +251,54 @@ def loader_eval_batches(data: ImageSet, batch_size: int, *, rank: int, world_siz
     subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory)
+
+
+# --- the run's dataflow ---------------------------------------------------------------------------
+
+@dataclass
+class Dataflow:
+    """This process's share of the data, ready for the two engines."""
+
+    train: TrainData
+    eval_batches: Iterable
+    num_classes: int
+    batch_per_process: int
+    kind: str  # "device" or "torchvision"
+
+
+def build_dataflow(cfg: Config, device: torch.device) -> Dataflow:
+    """Load the dataset (downloading it once per job with --download), shard it over the
+    ranks and build the input pipeline that fits (see ``fits_on_device``)."""
+    rank, world = idist.get_rank(), idist.get_world_size()
+    if cfg.batch_size % world:  # --nproc runs were checked by the config; torchrun is here
+        raise UserError(f"--batch-size {cfg.batch_size} is global and must divide evenly over "
+                        f"the {world} processes of this job; use a multiple of {world}")
+    if cfg.dataset == "cifar100" and cfg.download:
+        with idist.one_rank_first():  # rank 0 downloads; the others find it (or fetch their own)
+            ensure_cifar(cfg.data)
+    train_set, test_set = load_datasets(
+        cfg.dataset, cfg.data, train_size=cfg.synthetic_train_size,
+        test_size=cfg.synthetic_test_size, num_classes=cfg.synthetic_classes,
+        image_size=cfg.synthetic_image_size)
+    batch = cfg.batch_size // world
+    eval_batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
+    on_device = cfg.data_pipeline == "device" or (cfg.data_pipeline == "auto" and fits_on_device(
+        train_set, test_set, world, dev.free_memory(device)))
+    shard = dict(rank=rank, world_size=world)
+    try:
+        if on_device:
+            train: TrainData = DeviceTrainData(train_set, device, batch, seed=cfg.seed,
+                                               max_batches=cfg.max_iters,
+                                               channels_last=cfg.channels_last, **shard)
+            evals: Iterable = device_eval_batches(test_set, device, eval_batch,
+                                                  channels_last=cfg.channels_last, **shard)
+        else:
+            pin = dev.pin_memory(device)
+            train = LoaderTrainData(train_set, batch, seed=cfg.seed, num_workers=cfg.num_workers,
+                                    pin_memory=pin, max_batches=cfg.max_iters, **shard)
+            evals = loader_eval_batches(test_set, eval_batch, num_workers=cfg.num_workers,
+                                        pin_memory=pin, **shard)
+    except ValueError as exc:
+        raise UserError(f"{exc}; lower --batch-size or use more data") from None
+    return Dataflow(train, evals, test_set.num_classes, batch,
+                    "device" if on_device else "torchvision")

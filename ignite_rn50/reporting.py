@@ -1,17 +1,25 @@
-"""What a run tells people: log lines, summary.json, curves.png (rank 0 only).
+"""What a run tells people: the environment it ran in, log lines, summary.json, curves.png
+(rank 0 only).
 
 Experiment trackers (TensorBoard, ClearML) live in ``trackers.py``.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import os
+import platform
+import shlex
 import sys
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+import ignite.distributed as idist
 
 log = logging.getLogger("ignite_rn50")
 
@@ -29,6 +37,45 @@ def setup_logging(rank: int, log_file: Path | None) -> None:
         file_handler = logging.FileHandler(log_file)
         file_handler.setFormatter(fmt)
         log.addHandler(file_handler)
+
+
+def command_line() -> str:
+    """This process's command as the user typed it (``python -m pkg.mod`` shows as such)."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(".py") and "ignite_rn50" in Path(argv[0]).parts:
+        argv = ["-m", f"ignite_rn50.{Path(argv[0]).stem}", *argv[1:]]
+    return shlex.join([Path(sys.executable).name, *argv])
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment(device_info: dict[str, str], backend: str | None) -> dict[str, str]:
+    """Everything a bug report starts with: command, versions, device, backend."""
+    import torch
+    import torchvision
+
+    env = {"command": command_line(), "python": platform.python_version(),
+           "torch": torch.__version__, "torchvision": torchvision.__version__}  # build tags too
+    for package in ("pytorch-ignite", "clearml"):
+        env[package] = _version(package)
+    env.update(device_info)
+    env["backend"] = f"{backend} ({idist.get_world_size()} processes)" if backend else \
+        "none (1 process)"
+    return env
+
+
+def log_environment(env: dict[str, str]) -> None:
+    versions = ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision",
+                                                   "pytorch-ignite", "clearml", "torch_npu",
+                                                   "cann", "apex") if k in env)
+    log.info("command: %s", env["command"])
+    log.info("versions: %s", versions)
+    log.info("device: %s x %s, backend %s", env["device"], env["device_count"], env["backend"])
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -60,6 +107,40 @@ class RunRecord:
     def best_top1(self) -> float | None:
         values = [r["val_top1"] for r in self.history]
         return max(values) if values else None
+
+
+@dataclass
+class RunSummary:
+    """summary.json: the run's fixed facts plus what it has measured so far; rewritten
+    atomically by rank 0 after every epoch and at the end."""
+
+    path: Path
+    facts: dict[str, Any]
+    record: RunRecord
+    fps: Callable[[], float | None]
+    best_checkpoint: Callable[[], Path | None]
+    started: float = field(default_factory=time.perf_counter)
+
+    def write(self, engine: Any) -> None:
+        if idist.get_rank() != 0:
+            return
+        history = self.record.history
+        last = history[-1] if history else {}
+        state = engine.state
+        best = self.best_checkpoint()
+        write_json_atomic(self.path, {
+            **self.facts,
+            "fps": self.fps(), "data_wait_share": last.get("data_wait"),
+            "best_top1": self.record.best_top1, "final_top1": last.get("val_top1"),
+            "final_top5": last.get("val_top5"), "final_loss": last.get("train_loss"),
+            "final_val_loss": last.get("val_loss"),
+            "epochs_completed": last.get("epoch", 0), "iterations": state.iteration,
+            "step_dtype": str(getattr(state, "step_dtype", None)),
+            "step_device": str(getattr(state, "step_device", None)),
+            "step_channels_last": getattr(state, "step_channels_last", None),
+            "best_checkpoint": str(best) if best else None,
+            "e2e_seconds": time.perf_counter() - self.started,
+            "history": history})
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

@@ -20,13 +20,50 @@ import yaml
 from ignite.engine import Engine, Events
 from ignite.handlers import global_step_from_engine
 
+from ignite_rn50 import device as dev
 from ignite_rn50.config import Config
+from ignite_rn50.runtime import Runtime
 
 log = logging.getLogger("ignite_rn50")
 
 ITER_METRICS = ["loss", "lr"]
-EPOCH_METRICS = ["epoch_loss", "fps", "data_wait"]
+EPOCH_METRICS = ["epoch_loss", "fps", "data_wait", "epoch_lr"]
 VAL_METRICS = ["top1", "top5", "loss"]
+
+
+# --- ClearML internals (clearml 2.1) ------------------------------------------------------------
+# clearml offers no public switch for these three; each private name is used in exactly one
+# function below, and tests/test_reporting.py::test_clearml_internals_we_use_exist fails
+# loudly when a clearml release renames or removes one.
+
+def use_report_threads() -> None:
+    """ClearML's reporter os.fork()s a monitor subprocess at Task.init; forking a rank that
+    already runs torch/gloo threads deadlocks the copy (seen with --nproc 2). Threads only:
+    the config key sdk.development.report_use_subprocess, read into this class attribute."""
+    from clearml import Task
+
+    Task._report_subprocess_enabled = False
+
+
+def machine_monitor_class() -> type:
+    """ClearML's resource monitor without its NVIDIA GPU probe, which without NVML warns
+    'Could not fetch GPU stats' and later 'GPU monitoring failed' (machine stats stay).
+    Its probe is the ``gpustat`` module it keeps in ``_gpustat``; None turns it off."""
+    from clearml.utilities.resource_monitor import ResourceMonitor
+
+    class MachineMonitor(ResourceMonitor):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._gpustat = None
+
+    return MachineMonitor
+
+
+def register_offline_model(model: Any, weights: Path) -> None:
+    """clearml 2.1.x's OutputModel.update_weights (and Task.update_output_model) raise
+    AttributeError offline (they ask a DummyModel whether the model is locked); its offline
+    branch is the same registration without that check."""
+    model._update_weights_offline(weights_filename=str(weights))
 
 
 def clearml_configured() -> bool:
@@ -82,10 +119,7 @@ class Tracking:
         if best_checkpoint is not None and best_checkpoint.is_file():
             model = OutputModel(task=task, name="best", framework="PyTorch")
             if task.is_offline():
-                # clearml 2.1.x's update_weights raises AttributeError offline (it asks its
-                # DummyModel whether the model is published); its offline branch is the same
-                # registration without that check.
-                model._update_weights_offline(weights_filename=str(best_checkpoint))
+                register_offline_model(model, best_checkpoint)
             else:
                 model.update_weights(weights_filename=str(best_checkpoint),
                                      auto_delete_file=False)
@@ -101,7 +135,8 @@ class Tracking:
                      "'%s.zip')\"", folder, folder)
 
 
-def _start_clearml(cfg: Config, out: Path, tracking: Tracking) -> None:
+def _start_clearml(cfg: Config, out: Path, tracking: Tracking, environment: dict[str, str],
+                   gpu_monitor: bool) -> None:
     from clearml import Task
 
     mode = cfg.clearml_mode
@@ -115,14 +150,13 @@ def _start_clearml(cfg: Config, out: Path, tracking: Tracking) -> None:
             mode = "offline"
     tracking.offline = mode == "offline"
     Task.set_offline(tracking.offline)
-    # ClearML's reporter os.fork()s a monitor subprocess at Task.init; forking a rank that
-    # already runs torch/gloo threads deadlocks the copy (seen with --nproc 2). Threads only.
-    Task._report_subprocess_enabled = False
+    use_report_threads()
     kwargs = dict(project_name=cfg.clearml_project, task_name=cfg.clearml_task or out.name,
                   tags=list(cfg.clearml_tags) or None, reuse_last_task_id=False,
                   auto_connect_frameworks={"pytorch": False, "tensorboard": False,
                                            "matplotlib": False},
-                  auto_connect_arg_parser=False)
+                  auto_connect_arg_parser=False,
+                  auto_resource_monitoring=True if gpu_monitor else machine_monitor_class())
     try:
         task = Task.init(**kwargs)
     except Exception as exc:  # noqa: BLE001 - any online failure: keep training, go offline
@@ -135,15 +169,19 @@ def _start_clearml(cfg: Config, out: Path, tracking: Tracking) -> None:
         task = Task.init(**kwargs)
     for section, values in cfg.groups().items():
         task.connect(values, name=section)
+    task.connect(dict(environment), name="environment")
+    task.get_logger().report_text("\n".join(f"{k}: {v}" for k, v in environment.items()),
+                                  print_console=False)
     task.set_configuration_object(name="resolved config", config_text=yaml.safe_dump(
         cfg.as_dict(), sort_keys=False), config_type="yaml")
     tracking.task = task
 
 
-def start(cfg: Config, rank: int, out: Path, trainer: Engine, evaluator: Engine) -> Tracking:
+def start(cfg: Config, rt: Runtime, trainer: Engine, evaluator: Engine) -> Tracking:
     tracking = Tracking()
-    if rank != 0:
+    if not rt.is_main:
         return tracking
+    out = rt.out
     if "tensorboard" in cfg.loggers:
         from ignite.handlers.tensorboard_logger import TensorboardLogger
 
@@ -151,7 +189,7 @@ def start(cfg: Config, rank: int, out: Path, trainer: Engine, evaluator: Engine)
     if "clearml" in cfg.loggers and cfg.clearml_mode != "off":
         from ignite.handlers.clearml_logger import ClearMLLogger
 
-        _start_clearml(cfg, out, tracking)
+        _start_clearml(cfg, out, tracking, rt.environment, dev.gpu_monitor_works(rt.device))
         tracking.loggers.append(ClearMLLogger())
     epoch_step = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
     for logger in tracking.loggers:

@@ -19,7 +19,7 @@ from .conftest import TINY, assert_one_line_error, run_cli, write_cifar
 @pytest.mark.parametrize("use_parent", [True, False])
 def test_loads_folder_or_parent(tmp_path: Path, use_parent: bool) -> None:
     folder = write_cifar(tmp_path, n_train=40, n_test=24)
-    train, test = load_cifar(tmp_path if use_parent else folder, download=False)
+    train, test = load_cifar(tmp_path if use_parent else folder)
     assert train.images.shape == (40, 3, 32, 32) and train.images.dtype == torch.uint8
     assert test.labels.shape == (24,) and test.num_classes == 100
     # CHW order as in the official files: channel 0 is the first 1024 bytes
@@ -60,16 +60,16 @@ def test_bad_files_clear_errors(tmp_path: Path, how: str, needle: str) -> None:
     folder = write_cifar(tmp_path)
     _corrupt(folder, how)
     with pytest.raises(UserError) as info:
-        load_cifar(tmp_path, download=False)
+        load_cifar(tmp_path)
     assert needle in str(info.value) and str(folder / "train") in str(info.value)
 
 
 def test_wrong_layout_and_missing_path(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no CIFAR-100"):
-        load_cifar(tmp_path / "empty", download=False)
+        load_cifar(tmp_path / "empty")
     with pytest.raises(UserError, match="does not exist"):
-        load_cifar(tmp_path / "nope", download=False)
+        load_cifar(tmp_path / "nope")
 
 
 def test_cli_bad_data_exit_2(tmp_path: Path) -> None:

@@ -65,6 +65,25 @@ def test_two_processes_gloo_end_to_end(tmp_path: Path) -> None:
     assert summary["epochs_completed"] == 3 and summary["iterations"] == 48
 
 
+PG_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop", "pt_tcpstore_uv")
+
+
+def test_ranks_end_with_no_process_group_thread_alive(tmp_path: Path) -> None:
+    """The cause of the random abort ("terminate called without an active exception",
+    status -6): gloo threads outliving the process group into interpreter shutdown, where
+    one that must take the GIL is ended by Python. At exit no rank may have one left."""
+    probe = tmp_path / "threads"
+    probe.mkdir()
+    proc = run_cli([str(probe), *TINY, "--nproc", "2", "--epochs", "1", "--port",
+                    str(free_port()), "--output-dir", str(tmp_path / "o")],
+                   module="tests.rank_probe", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        threads = (probe / f"rank{rank}.txt").read_text().split()
+        assert threads, rank
+        assert not set(threads) & set(PG_THREADS), (rank, threads)
+
+
 def test_torchrun_joins_existing_group(tmp_path: Path) -> None:
     out = tmp_path / "trun"
     env = base_env()

@@ -1,10 +1,12 @@
-"""The README is the truth: CI runs its two commands, and every trainer flag it names exists."""
+"""The README is the truth: CI runs its two commands, and every trainer (or evaluate) flag it
+names exists."""
 
 from __future__ import annotations
 
 import re
 
 from ignite_rn50.config import build_parser
+from ignite_rn50.evaluate import build_eval_parser
 
 from .conftest import REPO
 
@@ -29,7 +31,8 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
 
 
 def test_every_trainer_flag_in_readme_exists() -> None:
-    known = {opt for action in build_parser()._actions for opt in action.option_strings}
+    known = {opt for parser in (build_parser(), build_eval_parser())
+             for action in parser._actions for opt in action.option_strings}
     known |= {f"--no-{opt[2:]}" for opt in known}
     trainer_lines = "\n".join(line for line in README.splitlines()
                               if "benchmarks/" not in line)  # benchmark scripts' own flags

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
@@ -57,6 +58,8 @@ def test_kill_9_then_resume_auto_finishes(tmp_path: Path) -> None:
     latest = find_latest_checkpoint(out)
     assert latest is not None and latest.name == "checkpoint_1.pt"
     (out / "checkpoint_99.pt").unlink()
+    # the killed run's lock file stays, naming it; its OS lock died with it
+    assert f'"pid": {proc.pid}' in (out / ".ignite_rn50.lock").read_text()
     done = run_cli([*args, "--resume", "auto"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "checkpoint_1.pt" in done.stdout
@@ -212,3 +215,84 @@ def test_sigterm_to_launcher_stops_all_ranks_cleanly(tmp_path: Path) -> None:
     assert len(saved) == 1
     state = torch.load(saved[0], map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] % 2 == 0  # ranks agreed at a print boundary
+
+
+def test_second_run_on_a_busy_output_dir_stops_and_touches_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "busy"
+    args = [*TINY, "--epochs", "3", "--print-freq", "1", "--output-dir", str(out)]
+    first = _popen(args)
+    try:
+        _wait_for(first, r"Epoch \[1/3\] Iter \[1/")  # training, before its first checkpoint
+        first.send_signal(signal.SIGSTOP)  # holds the lock, stays mid-epoch while we try
+        assert not list(out.glob("*.pt"))
+        for extra in ([], ["--resume", "auto"]):
+            second = run_cli([*args, *extra])
+            line = assert_one_line_error(second, f"--output-dir {out} is in use by another "
+                                                 f"run (pid {first.pid} on ")
+            assert "wait for it to end or pass another --output-dir" in line
+        first.send_signal(signal.SIGCONT)
+        rest, _ = first.communicate(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, rest[-3000:]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".ignite_rn50.lock", next(n for n in names if n.startswith("best_")),
+                     "checkpoint_2.pt", "checkpoint_3.pt", "config.yaml", "curves.png",
+                     "summary.json", "train.log", "train_loss.csv"], names
+    log = (out / "train.log").read_text()
+    assert log.count("command: ") == 1 and log.count("Epoch [3/3] done") == 1
+    assert read_summary(out)["epochs_completed"] == 3
+    losses = (out / "train_loss.csv").read_text().splitlines()
+    assert len(losses) == 1 + 3 * 8  # one writer: a header and each logged iteration once
+
+
+def test_sigint_to_one_rank_stops_every_rank_with_its_name(tmp_path: Path) -> None:
+    """Only rank 1 receives SIGINT; rank 0 learns at the agreed step which signal it was."""
+    out = tmp_path / "int1"
+    proc = _popen([*TINY, "--nproc", "2", "--epochs", "20", "--print-freq", "2",
+                   "--port", str(free_port()), "--output-dir", str(out)])
+    _wait_for(proc, r"Epoch \[1/20\] Iter \[4/")
+    ranks = _rank_pids(proc.pid)
+    os.kill(ranks[1], signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest[-3000:]
+    assert "stopped by SIGINT at epoch 1" in rest and "SIGTERM" not in rest
+
+
+def test_ctrl_c_on_a_spawned_job(tmp_path: Path) -> None:
+    """First Ctrl-C (SIGINT to the launcher): the ranks stop at an agreed step and save, exit
+    0. A second one more than 2 s later stops the job at once: status 130, no rank left."""
+    out = tmp_path / "int"
+    args = [*TINY, "--nproc", "2", "--epochs", "50", "--port", str(free_port())]
+    proc = _popen([*args, "--print-freq", "2", "--output-dir", str(out)])
+    _wait_for(proc, r"Epoch \[1/50\] Iter \[4/")
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, rest[-3000:]
+    assert "stopped by SIGINT" in rest and len(list(out.glob("interrupted_*.pt"))) == 1
+
+    # --print-freq beyond the run: the ranks never reach a point where they could agree
+    proc = _popen([*args, "--print-freq", "100000", "--output-dir", str(tmp_path / "int2")])
+    _wait_for(proc, r"training ResNet")
+    ranks = _rank_pids(proc.pid)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest[-3000:]
+    assert rest.strip().splitlines()[-1] == "ignite_rn50: interrupted"
+    assert "Traceback" not in rest
+    for pid in ranks:
+        assert not Path(f"/proc/{pid}").exists() or \
+            "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def _rank_pids(launcher: int) -> list[int]:
+    """The launcher's spawned ranks, in rank order (spawned one after the other: by pid)."""
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(launcher)], capture_output=True,
+                         text=True).stdout
+    pids = [int(p) for p in out.split()
+            if "spawn_main" in Path(f"/proc/{p.strip()}/cmdline").read_text(errors="ignore")]
+    assert len(pids) == 2, pids
+    return sorted(pids)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ignite_rn50 import trackers
 
 from .conftest import TINY, base_env, free_port, read_summary, run_cli
 
@@ -31,8 +35,8 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("clearml")
     env = base_env(CLEARML_CACHE_DIR=str(tmp / "cache"), HOME=str(tmp / "home"))
     out = tmp / "run"
-    proc = run_cli([*LOGGED, "--clearml-mode", "auto", "--output-dir", str(out)], env=env,
-                   timeout=600)
+    proc = run_cli([*LOGGED, "--clearml-mode", "auto", "--lr-policy", "cosine", "--output-dir",
+                    str(out)], env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"out": out, "cache": tmp / "cache", "proc": proc}
 
@@ -66,6 +70,20 @@ def test_offline_session_holds_hparams_metrics_model(offline_run: dict) -> None:
     assert [e["iter"] for e in train_loss] == [4, 8, 12, 16]
     assert any(e.get("metric") == "epoch" and e.get("variant") == "fps" for e in events)
 
+    env = {k.split("/")[-1]: v["value"] for k, v in hyper["environment"].items()}
+    assert env["command"].startswith("python -m ignite_rn50.run ")
+    assert "--lr-policy cosine" in env["command"]
+    assert env["torch"] == torch.__version__ and env["backend"] == "none (1 process)"
+    assert {"python", "torchvision", "pytorch-ignite", "clearml", "device"} <= set(env)
+
+    # the cosine policy reaches the dashboard: per epoch and at each logged iteration
+    epoch_lr = {e["iter"]: e["value"] for e in events
+                if e.get("metric") == "epoch" and e.get("variant") == "epoch_lr"}
+    assert epoch_lr == pytest.approx({1: 0.05, 2: 0.025})
+    train_lr = [e["value"] for e in events if e.get("metric") == "train" and
+                e.get("variant") == "lr"]
+    assert train_lr == pytest.approx([0.05, 0.05, 0.025, 0.025])
+
     models = task["offline_output_models"]
     assert len(models) == 1 and models[0]["init"]["name"] == "best"
     stored = Path(models[0]["weights"]["weights_filename"])
@@ -73,6 +91,27 @@ def test_offline_session_holds_hparams_metrics_model(offline_run: dict) -> None:
     assert "Epoch [2/2] done" in (session / "log.jsonl").read_text()  # the console log
     artifacts = {p.name for p in (session / "data").rglob("*") if p.is_file()}
     assert any("summary" in name for name in artifacts), artifacts
+
+
+def test_a_cpu_run_prints_only_what_means_something(offline_run: dict) -> None:
+    """No GPU-monitor noise on a machine without an NVIDIA GPU; the machine monitor stays."""
+    text = offline_run["proc"].stdout + offline_run["proc"].stderr
+    assert "GPU" not in text and "resource_monitor" not in text, text
+    assert "Traceback" not in text
+
+
+def test_clearml_internals_we_use_exist() -> None:
+    """trackers.py relies on three clearml 2.1 internals (use_report_threads,
+    machine_monitor_class, register_offline_model); a clearml release that renames one
+    fails here, not in a user's run."""
+    from clearml import OutputModel, Task
+    from clearml.utilities.resource_monitor import ResourceMonitor
+
+    assert hasattr(Task, "_report_subprocess_enabled")
+    assert callable(getattr(OutputModel, "_update_weights_offline", None))
+    source = inspect.getsource(ResourceMonitor)
+    assert "self._gpustat = gpustat" in source and "if not self._gpustat" in source
+    assert issubclass(trackers.machine_monitor_class(), ResourceMonitor)
 
 
 def test_tensorboard_has_the_same_scalars(offline_run: dict) -> None:
@@ -89,6 +128,7 @@ def test_tensorboard_has_the_same_scalars(offline_run: dict) -> None:
                     if e.get("metric") == "train" and e.get("variant") == "loss"}
     tb_loss = {e.step: e.value for e in acc.Scalars("train/loss")}
     assert tb_loss == pytest.approx(clearml_loss, rel=1e-5)
+    assert [e.value for e in acc.Scalars("epoch/epoch_lr")] == pytest.approx([0.05, 0.025])
 
 
 def test_two_process_run_creates_one_task(tmp_path: Path) -> None:

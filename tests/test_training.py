@@ -67,11 +67,15 @@ def test_existing_checkpoints_without_resume_refused(tmp_path: Path) -> None:
     assert {p.name: p.stat().st_mtime for p in out.iterdir()} == before
 
 
-def test_channels_last_trains(tmp_path: Path) -> None:
+def test_channels_last_trains_in_channels_last(tmp_path: Path) -> None:
     out = tmp_path / "cl"
     proc = run_cli([*TINY, "--epochs", "1", "--channels-last", "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert read_summary(out)["epochs_completed"] == 1
+    summary = read_summary(out)
+    assert summary["epochs_completed"] == 1
+    assert summary["step_channels_last"] is True  # what the train step was really fed
+    state = torch.load(out / "checkpoint_1.pt", map_location="cpu", weights_only=True)
+    assert state["model"]["layer1.0.conv1.weight"].shape == (64, 64, 3, 3)
 
 
 def test_torchvision_pipeline_trains(tmp_path: Path) -> None:
@@ -112,10 +116,24 @@ def test_npu_path_on_standin(tmp_path: Path, standin_env: dict[str, str]) -> Non
 
 
 def test_summary_is_valid_json_every_epoch(tmp_path: Path) -> None:
+    """Read while the run goes on: after epoch k (once epoch k+1 is logging) summary.json is
+    complete JSON for k epochs; at the end for all of them."""
     out = tmp_path / "s"
-    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
-    data = json.loads((out / "summary.json").read_text())
-    for key in ("fps", "best_top1", "final_top1", "final_top5", "final_loss",
-                "epochs_completed", "world_size", "global_batch_size", "device", "amp",
-                "e2e_seconds"):
-        assert key in data
+    proc = subprocess.Popen([sys.executable, "-m", "ignite_rn50.run", *TINY, "--epochs", "3",
+                             "--print-freq", "1", "--output-dir", str(out)], env=base_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        match = re.search(r"Epoch \[(\d)/3\] Iter \[1/", line)
+        if match and int(match[1]) > 1:
+            seen.append(json.loads((out / "summary.json").read_text()))
+    assert proc.wait(timeout=300) == 0
+    seen.append(json.loads((out / "summary.json").read_text()))
+    assert [s["epochs_completed"] for s in seen] == [1, 2, 3]
+    for k, data in enumerate(seen, 1):
+        assert len(data["history"]) == k and data["iterations"] == 8 * k
+        for key in ("fps", "best_top1", "final_top1", "final_top5", "final_loss",
+                    "world_size", "global_batch_size", "device", "amp", "e2e_seconds"):
+            assert data[key] is not None, key
+    assert read_summary(out)["step_channels_last"] is False

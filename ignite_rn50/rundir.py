@@ -1,0 +1,97 @@
+"""The output folder: one run writes into it at a time, and no run overwrites another's.
+
+The process that owns the folder (the launcher of node 0, the one process of a single-process
+run, or global rank 0 under torchrun/SLURM) takes an exclusive OS lock (``flock``) on
+``.ignite_rn50.lock`` inside it before anything is written, and holds it until it exits.
+The kernel drops the lock with its process, so a run killed by SIGKILL, an OOM or a power
+loss never blocks the next one; the holder's pid, host and start time written into the file
+are for the error message only.
+
+On a shared file system the lock holds across hosts where the file system forwards locks
+(NFSv4, NFSv3 with lockd; Linux maps flock to NFS byte-range locks); where it does not
+(some FUSE and parallel file systems report ENOLCK or EOPNOTSUPP) the run goes on unlocked
+with one warning.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from ignite_rn50.errors import UserError
+
+log = logging.getLogger("ignite_rn50")
+LOCK_NAME = ".ignite_rn50.lock"
+UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+class OutputDirLock:
+    """An open file whose flock is this run's claim on the folder (kept until ``release``
+    or the end of the process)."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd, self.path = fd, path
+
+    def record_holder(self) -> None:
+        """Who holds it, for the message a second run prints (once this run is sure to go)."""
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                                      ).encode() + b"\n", 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = -1
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text())
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def lock_output_dir(out: Path) -> OutputDirLock | None:
+    """Take the folder's lock (writing nothing yet) or stop with one line naming the holder."""
+    path = out / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"--output-dir {out} is not writable ({exc.strerror}); pass a writable "
+                        "folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in UNSUPPORTED:
+            log.warning("warning: the file system of %s does not support locks; nothing stops "
+                        "a second run from writing into it at the same time", out)
+            return None
+        raise UserError(f"--output-dir {out} is in use by another run ({_holder(path)}); wait "
+                        "for it to end or pass another --output-dir") from None
+    return OutputDirLock(fd, path)
+
+
+def claim_output_dir(output_dir: str, resuming: bool) -> OutputDirLock | None:
+    """Create the folder, lock it, and refuse the checkpoints of another run unless resuming."""
+    out = Path(output_dir).expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output-dir {out} is not writable ({exc.strerror}); pass a writable "
+                        "folder") from None
+    lock = lock_output_dir(out)
+    if not resuming and any(out.glob("*.pt")):
+        raise UserError(f"--output-dir {out} already holds checkpoints of another run; add "
+                        "--resume auto to continue it, or pass a new --output-dir")
+    if lock is not None:
+        lock.record_holder()
+    return lock

@@ -1,0 +1,104 @@
+"""What a process is before it trains: checked once before any rank starts (``preflight``),
+then set up in every rank (``setup_process``): device, precision, seeds, logging, and the
+first lines of the log naming the environment."""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import ignite.distributed as idist
+import torch
+from ignite.utils import manual_seed
+
+from ignite_rn50 import device as dev
+from ignite_rn50 import distributed, reporting, rundir
+from ignite_rn50.config import Config, save_config
+from ignite_rn50.data import ensure_cifar, locate_cifar
+from ignite_rn50.errors import UserError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """This process's place in the job and what it runs on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    precision: dev.Precision
+    out: Path
+    environment: dict[str, str]
+    started: float
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def owns_output_dir(node_rank: int) -> bool:
+    """Global rank 0 under torchrun/SLURM; else the launcher (or process) of node 0."""
+    if distributed.launched_externally():
+        return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    return node_rank == 0
+
+
+def preflight(cfg: Config, claim_output: bool = True
+              ) -> tuple[str | None, rundir.OutputDirLock | None]:
+    """Everything that can be checked once, before any rank starts; one clear line on
+    failure. Returns the process-group backend (None for one process) and the folder lock,
+    which the caller holds until the job ends (None without ``claim_output``)."""
+    device_type = dev.resolve_device_type(cfg.device)
+    external = distributed.launched_externally()
+    multi = cfg.processes > 1 or external
+    dev.check_device_count(device_type, cfg.nproc, cfg.gpu_id)
+    backend = dev.backend_for(device_type, cfg.backend) if multi else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
+    if cfg.graph:
+        dev.graph_api(torch.device(device_type))
+        if precision.backend == "apex":
+            raise UserError("--graph captures native AMP only; apex.amp scales the loss on "
+                            "the host: pass --amp-backend native or drop --graph")
+    if cfg.compile and device_type == "npu":
+        dev.compile_backend_available(device_type)
+    if cfg.dataset == "cifar100":
+        if cfg.download and not external:
+            ensure_cifar(cfg.data)  # here, once, before any rank reads it
+        locate_cifar(cfg.data)
+    lock = None
+    if claim_output and owns_output_dir(cfg.node_rank):
+        lock = rundir.claim_output_dir(cfg.output_dir, resuming=cfg.resume is not None)
+    if multi and not external:
+        if cfg.node_rank == 0:
+            distributed.check_port_free(cfg.addr, cfg.port)
+        if device_type == "cpu":
+            dev.hide_gpus_from_cpu_ranks()
+    return backend, lock
+
+
+def setup_process(cfg: Config) -> Runtime:
+    """Device, logging (rank 0: console and train.log), seeds, precision; rank 0 saves the
+    resolved config and opens the log with the environment."""
+    started = time.perf_counter()
+    rank, world = idist.get_rank(), idist.get_world_size()
+    device_type = dev.resolve_device_type(cfg.device)
+    device = dev.process_device(device_type, cfg.gpu_id)
+    dev.configure_backends(device, idist.get_nproc_per_node())
+    out = Path(cfg.output_dir).expanduser().resolve()
+    if world > 1:
+        idist.barrier()  # the folder's owner created it before the ranks started
+    reporting.setup_logging(rank, out / "train.log" if rank == 0 else None)
+    manual_seed(cfg.seed + rank)
+    precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend,
+                                      cfg.loss_scale, cfg.opt_level)
+    env = reporting.environment(dev.describe_device(device),
+                                idist.backend() if world > 1 else None)
+    if rank == 0:
+        reporting.log_environment(env)
+        reporting.log.info("precision: %s", precision.explain())
+        save_config(cfg, out / "config.yaml")
+    return Runtime(rank, world, device, precision, out, env, started)
