@@ -46,7 +46,7 @@ class Bench:
                                         torch.amp.GradScaler | None]:
         model = self.models[side] = copy.deepcopy(self.init)
         opt = dev.make_optimizer(model.parameters(), self.device, self.precision, **OPT)
-        return model, opt, dev.make_grad_scaler(self.device, self.precision, None)
+        return model, opt, dev.make_grad_scaler(self.device, self.precision)
 
     def trainer(self, before: list) -> Engine:
         """run.py's trainer with its per-step handlers, in its order; ``before`` handlers

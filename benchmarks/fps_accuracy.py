@@ -67,7 +67,7 @@ def main() -> None:
     model = build_model(args.depth, args.num_classes).to(device)
     opt = dev.make_optimizer(model.parameters(), device, precision, lr=0.1, momentum=0.9,
                              weight_decay=5e-4, nesterov=False)
-    scaler = dev.make_grad_scaler(device, precision, None)
+    scaler = dev.make_grad_scaler(device, precision)
     criterion = nn.CrossEntropyLoss().to(device)
     train = DeviceTrainData(synthetic(args, args.batch_size * args.steps), device,
                             args.batch_size, rank=0, world_size=1, seed=args.seed)

@@ -1,5 +1,6 @@
-"""Training img/s of OUR step (build_model + make_train_step + DeviceTrainData in a trainer
-Engine) for the configurations that matter on a GPU; ``--device cpu --quick`` checks it here.
+"""Training img/s of OUR step (build_model + the trainer's step, eager or --graph, +
+DeviceTrainData in a trainer Engine) for the configurations that matter on a GPU;
+``--device cpu --quick`` checks it here.
 
 Each configuration: warm-up iterations (cudnn autotuning, torch.compile), then a window timed
 between device-synchronised points; FpsMeter's own figure is printed beside it. Last lines:
@@ -14,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 from common import Window, parser, setup, synthetic
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from torch import nn
 
 from ignite_rn50 import device as dev
 from ignite_rn50 import handlers
-from ignite_rn50.engine import create_trainer, make_train_step
+from ignite_rn50.engine import Parts, build_trainer, create_trainer, make_graphed_train_step
 from ignite_rn50.model import build_model
 from ignite_rn50.pipeline import DeviceTrainData
 
@@ -31,29 +32,44 @@ class Case:
     dtype: torch.dtype  # autocast dtype; float16 comes with a GradScaler, as in the trainer
     channels_last: bool
     compile: bool
+    graph: bool = False  # the trainer's --graph: the whole step captured and replayed
 
 
 CASES = [Case("bs512_bf16_cl_eager", 512, torch.bfloat16, True, False),
          Case("bs512_bf16_cl_compiled", 512, torch.bfloat16, True, True),
+         Case("bs512_bf16_cl_graph", 512, torch.bfloat16, True, False, True),
          Case("1p_bs16_fp16_amp", 16, torch.float16, False, False),
-         Case("1p_bs32_fp16_amp", 32, torch.float16, False, False)]
+         Case("1p_bs32_fp16_amp", 32, torch.float16, False, False),
+         Case("1p_bs16_fp16_amp_graph", 16, torch.float16, False, False, True),
+         Case("1p_bs32_fp16_amp_graph", 32, torch.float16, False, False, True)]
 
 
-def measure(case: Case, args, device: torch.device) -> tuple[float, float | None]:
-    batch = min(case.batch, args.max_batch) if args.max_batch else case.batch
+def trainer_for(case: Case, args, device: torch.device, batch: int) -> Engine:
+    """The trainer's own step (engine.build_trainer's two kinds) on a fresh model."""
     fmt = torch.channels_last if case.channels_last else torch.contiguous_format
     precision = dev.Precision(True, case.dtype, "native")
     model = build_model(args.depth, args.num_classes).to(device, memory_format=fmt)
     opt = dev.make_optimizer(model.parameters(), device, precision, lr=0.1, momentum=0.9,
                              weight_decay=5e-4, nesterov=False)
-    scaler = dev.make_grad_scaler(device, precision, None)
-    net = torch.compile(model) if case.compile else model
+    parts = Parts(depth=args.depth, model=model,
+                  net=torch.compile(model) if case.compile else model, optimizer=opt,
+                  scaler=dev.make_grad_scaler(device, precision),
+                  criterion=nn.CrossEntropyLoss().to(device),
+                  schedule=handlers.LrSchedule(opt, [60, 120, 160], 0.2, 0, 0.1),
+                  precision=precision, memory_format=fmt)
+    if case.graph:  # the capture needs CUDA; on cpu (--quick) the same path runs eagerly
+        api = dev.graph_api(device) if device.type != "cpu" else None
+        return create_trainer(make_graphed_train_step(parts, device, api))
+    return build_trainer(parts, device, graph=False)
+
+
+def measure(case: Case, args, device: torch.device) -> tuple[float, float | None]:
+    batch = min(case.batch, args.max_batch) if args.max_batch else case.batch
     total = args.warmup + args.steps
     pool = min(total, args.pool_batches)  # batches held on the device, cycled
     data = DeviceTrainData(synthetic(args, batch * pool), device, batch, rank=0, world_size=1,
                            seed=args.seed, channels_last=case.channels_last)
-    trainer = create_trainer(make_train_step(net, opt, nn.CrossEntropyLoss().to(device),
-                                             device, precision, scaler, fmt))
+    trainer = trainer_for(case, args, device, batch)
     meter = handlers.FpsMeter(device, batch, warmup=args.warmup)
     meter.attach(trainer)
     window = Window(device, args.warmup, args.steps, batch)
