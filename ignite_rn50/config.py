@@ -363,12 +363,13 @@ def make_config(values: dict[str, Any]) -> Config:
     return cfg
 
 
-def config_from_args(args: dict[str, Any]) -> Config:
+def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None) -> Config:
     """Parsed flags (argparse's dict, unset flags absent) over the --config file over the
-    declared defaults."""
+    declared defaults; ``fixed`` values over all three."""
     args = dict(args)
     values = load_yaml(args.pop("config")) if "config" in args else {}
     values.update(args)
+    values.update(fixed or {})
     return make_config(values)
 
 

@@ -287,9 +287,12 @@ def resolve_precision(device_type: str, amp: bool | None, amp_dtype: str, amp_ba
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device, precision: Precision) -> Iterator[None]:
+def autocast(device: torch.device, precision: Precision, cache: bool = True) -> Iterator[None]:
+    """``cache=False`` under graph capture: autocast's cache of cast weights would be freed
+    at the end of the captured region while the graph still points at it."""
     if precision.enabled and precision.backend == "native":
-        with torch.autocast(device_type=device.type, dtype=precision.dtype):
+        with torch.autocast(device_type=device.type, dtype=precision.dtype,
+                            cache_enabled=cache):
             yield
     else:
         yield
@@ -401,7 +404,7 @@ class GraphApi:
     current_stream: Callable[[], Any]
 
 
-def graph_api(device: torch.device) -> GraphApi:
+def graph_api(device: torch.device, precision: Precision | None = None) -> GraphApi:
     """--graph: CUDA graphs on cuda, torch_npu's NPUGraph where this torch_npu has one."""
     if device.type == "cpu":
         raise UserError("--graph captures the train step as a device graph, which needs "
@@ -412,4 +415,10 @@ def graph_api(device: torch.device) -> GraphApi:
     if graph_cls is None or not hasattr(mod, "graph"):
         raise UserError(f"--graph: this torch_npu has no graph capture (torch.npu."
                         f"{names[device.type]}); upgrade torch_npu or drop --graph")
+    if device.type != "cuda" and precision is not None and precision.needs_scaler:
+        # only cuda's fused SGD takes the scaler's overflow flag on the device; elsewhere
+        # GradScaler.step reads it on the host, which a captured step cannot do
+        raise UserError("--graph on npu captures fp32 or bfloat16 steps only (the fp16 loss "
+                        "scaler reads its overflow flag on the host there); pass --no-amp or "
+                        "--amp-dtype bfloat16, or drop --graph")
     return GraphApi(graph_cls, mod.graph, mod.Stream, mod.stream, mod.current_stream)

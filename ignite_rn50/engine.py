@@ -88,13 +88,14 @@ class Update:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
                  device: torch.device, precision: dev.Precision,
-                 scaler: torch.amp.GradScaler | None) -> None:
+                 scaler: torch.amp.GradScaler | None, autocast_cache: bool = True) -> None:
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
         self.device, self.precision, self.scaler = device, precision, scaler
+        self.autocast_cache = autocast_cache
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        with dev.autocast(self.device, self.precision):
+        with dev.autocast(self.device, self.precision, self.autocast_cache):
             logits = self.model(images)
             loss = self.criterion(logits, targets)
         if self.precision.backend == "apex":
@@ -144,14 +145,15 @@ def make_graphed_train_step(parts: Parts, device: torch.device,
     """The same step, captured once and replayed (see graph.py; it manages the gradients);
     ``api`` None runs every step eagerly through the same static buffers."""
     update = Update(parts.net, parts.optimizer, parts.criterion, device, parts.precision,
-                    parts.scaler)
+                    parts.scaler, autocast_cache=False)
     return TrainStep(parts.net, GraphedStep(update, parts.optimizer, api), device,
                      parts.memory_format, zero_grad=None)
 
 
 def build_trainer(parts: Parts, device: torch.device, graph: bool) -> Engine:
     if graph:
-        return create_trainer(make_graphed_train_step(parts, device, dev.graph_api(device)))
+        return create_trainer(make_graphed_train_step(parts, device,
+                                                      dev.graph_api(device, parts.precision)))
     return create_trainer(make_train_step(parts.net, parts.optimizer, parts.criterion, device,
                                           parts.precision, parts.scaler, parts.memory_format))
 

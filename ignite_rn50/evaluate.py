@@ -47,10 +47,15 @@ def build_eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# what only concerns training, set aside so that a run's config.yaml applies as it is
+TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": False,
+                 "amp_backend": "native", "download": False}
+
+
 def parse(argv: list[str] | None) -> EvalJob:
     args = vars(build_eval_parser().parse_args(argv))
     checkpoint = Path(args.pop("checkpoint")).expanduser()
-    return EvalJob(config_from_args(args), checkpoint)
+    return EvalJob(config_from_args(args, fixed=TRAINING_ONLY), checkpoint)
 
 
 def evaluate(local_rank: int, job: EvalJob) -> None:
@@ -72,7 +77,7 @@ def evaluate_shard(job: EvalJob) -> None:
     device_type = dev.resolve_device_type(cfg.device)
     device = dev.process_device(device_type, cfg.gpu_id)
     dev.configure_backends(device, idist.get_nproc_per_node())
-    precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, "native")
+    precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
     test = load_test_set(cfg.dataset, cfg.data, test_size=cfg.synthetic_test_size,
                          num_classes=cfg.synthetic_classes, image_size=cfg.synthetic_image_size)
     model = build_model(cfg.depth, test.num_classes)

@@ -17,7 +17,9 @@ and how this class keeps them:
   fill, no host sync) when the host value changes;
 - gradients are allocated by the captured backward and overwritten by every replay, so
   the step never zeroes them; GradScaler's overflow check and skip stay on the device
-  (fused SGD takes the scale and the found-inf flag as tensors).
+  (cuda's fused SGD takes the scale and the found-inf flag as tensors);
+- autocast runs without its cache of cast weights, which would be freed at the end of the
+  captured region while the graph still reads it.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def preflight(cfg: Config, claim_output: bool = True
         warnings.simplefilter("ignore")
         precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
     if cfg.graph:
-        dev.graph_api(torch.device(device_type))
+        dev.graph_api(torch.device(device_type), precision)
         if precision.backend == "apex":
             raise UserError("--graph captures native AMP only; apex.amp scales the loss on "
                             "the host: pass --amp-backend native or drop --graph")

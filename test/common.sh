@@ -160,7 +160,7 @@ with open(os.path.join(run_dir, "train_loss.csv")) as fh:
 write(f"train_{case}_loss.txt", losses)
 if mode == "full":
     history = s["history"]
-    train_time = sum(r["train_seconds"] for r in history)
+    train_time = sum(r.get("train_seconds", 0.0) for r in history)  # older runs lack it
     eval_time = sum(r["eval_seconds"] for r in history)
     images = s["iterations"] * batch
     rates = [r["fps"] for r in history if r.get("fps")]
@@ -169,7 +169,8 @@ if mode == "full":
         f"total_time : {s['e2e_seconds']:.3f}",
         f"training maximum images/sec : {max(rates):.2f}" if rates else
         "training maximum images/sec : n/a",
-        f"training average images/sec : {images / train_time:.2f}",
+        f"training average images/sec : {images / train_time:.2f}" if train_time else
+        "training average images/sec : n/a",
         f"end to end average images/sec : {images / s['e2e_seconds']:.2f}"])
 path = write(f"{case}.log", [f"{key} = {value}" for key, value in values])
 print(f"Final Performance images/sec : {fps_text}")

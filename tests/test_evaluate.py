@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from ignite_rn50.weights import to_mmcls
 
@@ -56,6 +57,19 @@ def test_evaluates_our_checkpoint_to_the_reported_top1(trained: Path) -> None:
     assert top1 == pytest.approx(100 * summary["final_top1"], abs=1e-4)
     assert top5 == pytest.approx(100 * summary["final_top5"], abs=1e-4)
     assert loss == pytest.approx(summary["final_val_loss"], rel=1e-5)
+
+
+def test_training_only_keys_of_a_config_are_unused(trained: Path, tmp_path: Path) -> None:
+    """A run's config may ask for what evaluation cannot or need not do (a CUDA graph, apex,
+    resuming): evaluation on this CPU ignores those keys."""
+    config = yaml.safe_load((trained / "config.yaml").read_text())
+    config.update(graph=True, amp_backend="apex", resume="auto", compile=True,
+                  init_from=str(tmp_path / "missing.pt"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    top1, _, _, images = _evaluate(trained / "checkpoint_1.pt", "--config",
+                                   str(tmp_path / "config.yaml"))
+    assert images == 64
+    assert top1 == pytest.approx(100 * read_summary(trained)["final_top1"], abs=1e-4)
 
 
 @pytest.mark.parametrize("name", ["mmcls_fp32.pth", "mmcls_fp16_ddp.pth"])

@@ -88,7 +88,9 @@ def test_offline_session_holds_hparams_metrics_model(offline_run: dict) -> None:
     assert len(models) == 1 and models[0]["init"]["name"] == "best"
     stored = Path(models[0]["weights"]["weights_filename"])
     assert stored.is_file() and stored.name.startswith("best_checkpoint_")
-    assert "Epoch [2/2] done" in (session / "log.jsonl").read_text()  # the console log
+    console = (session / "log.jsonl").read_text()
+    assert "Epoch [2/2] done" in console  # the console log
+    assert "command: python -m ignite_rn50.run" in console  # and the environment, first
     artifacts = {p.name for p in (session / "data").rglob("*") if p.is_file()}
     assert any("summary" in name for name in artifacts), artifacts
 

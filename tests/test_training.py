@@ -99,6 +99,10 @@ def test_npu_path_on_standin(tmp_path: Path, standin_env: dict[str, str]) -> Non
     assert summary["step_dtype"] == "torch.float16" and summary["amp"] == "float16"
     state = torch.load(out / "checkpoint_1.pt", map_location="cpu", weights_only=True)
     assert "scaler" in state and state["scaler"]["scale"] > 0
+    head = (out / "train.log").read_text().splitlines()[:4]
+    assert re.search(r"versions: .*torch_npu \S+standin, cann unknown", head[1]), head
+    assert re.search(r"device: npu:0 FakeNPU \(CPU stand-in\) 0 x 2, backend none", head[2])
+    assert head[3].endswith("precision: native autocast float16, dynamic loss scale")
 
     proc = run_cli([*args, "--epochs", "2", "--resume", "auto"], env=standin_env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
