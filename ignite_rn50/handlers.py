@@ -315,12 +315,12 @@ def log_epoch(row: dict[str, Any], epochs: int) -> None:
 class TrainingHandlers:
     fps: FpsMeter
     losses: LossTracker
-    stop: GracefulStop
 
 
 def attach_all(trainer: Engine, evaluator: Engine, parts: Parts, train_data: Any,
-               eval_batches: Any, record: Any, *, device: torch.device, batch: int,
-               print_freq: int, epochs: int, loss_file: Path | None) -> TrainingHandlers:
+               eval_batches: Any, record: Any, stop: GracefulStop, *, device: torch.device,
+               batch: int, print_freq: int, epochs: int,
+               loss_file: Path | None) -> TrainingHandlers:
     """The trainer's handlers, in the order they must run at each event: the lr decay at an
     epoch's end runs before EpochEnd (which reports the epoch's own lr) and before the
     checkpoint handlers attached after this (a saved schedule holds the next epoch's lr)."""
@@ -333,11 +333,10 @@ def attach_all(trainer: Engine, evaluator: Engine, parts: Parts, train_data: Any
     interval.attach(trainer)
     losses = LossTracker(device, print_freq, interval)
     losses.attach(trainer)
-    stop = GracefulStop()
     stop.attach(trainer, every=print_freq)
     EpochEnd(parts.model, evaluator, eval_batches, losses, fps, lambda: parts.schedule.epoch_lr,
              record, epochs).attach(trainer)
-    return TrainingHandlers(fps, losses, stop)
+    return TrainingHandlers(fps, losses)
 
 
 # --- learning rate --------------------------------------------------------------------------

@@ -32,6 +32,8 @@ EXIT_INTERRUPTED = 130
 
 def run_training(cfg: Config) -> None:
     """One process's run, step by step."""
+    stop = handlers.GracefulStop()
+    stop.install()  # from the start: a Ctrl-C during set-up stops at the first step
     rt = setup_process(cfg)
     data = pipeline.build_dataflow(cfg, rt.device)
     parts = build_parts(cfg, rt, data.num_classes)
@@ -47,9 +49,9 @@ def run_training(cfg: Config) -> None:
                  trainer.state.epoch)
         return
     attached = handlers.attach_all(
-        trainer, evaluator, parts, data.train, data.eval_batches, record, device=rt.device,
-        batch=data.batch_per_process, print_freq=cfg.print_freq, epochs=cfg.epochs,
-        loss_file=rt.out / "train_loss.csv")
+        trainer, evaluator, parts, data.train, data.eval_batches, record, stop,
+        device=rt.device, batch=data.batch_per_process, print_freq=cfg.print_freq,
+        epochs=cfg.epochs, loss_file=rt.out / "train_loss.csv")
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoints.save_epoch)
     summary = reporting.RunSummary(rt.out / "summary.json", summary_facts(cfg, rt, parts, data),
                                    record, lambda: attached.fps.fps,
@@ -62,8 +64,8 @@ def run_training(cfg: Config) -> None:
                  count_parameters(parts.model) / 1e6, rt.device, rt.world_size,
                  data.batch_per_process * rt.world_size, len(data.train), data.kind)
     trackers.attach_progress_bar(cfg.progress_bar, rt.rank, trainer)
-    run_until_done(trainer, data.train, cfg.epochs, attached.stop, summary, tracking,
-                   checkpoints, parts, rt)
+    run_until_done(trainer, data.train, cfg.epochs, stop, summary, tracking, checkpoints,
+                   parts, rt)
 
 
 def summary_facts(cfg: Config, rt: Runtime, parts: Parts, data: pipeline.Dataflow) -> dict:
@@ -82,7 +84,6 @@ def run_until_done(trainer: Engine, train_data: pipeline.TrainData, epochs: int,
                    tracking: trackers.Tracking, checkpoints: handlers.Checkpoints,
                    parts: Parts, rt: Runtime) -> None:
     """Train to the last epoch or a signal, then report (whatever happened) and leave."""
-    stop.install()
     try:
         trainer.run(train_data, max_epochs=epochs)
         summary.facts.update(distributed.replica_report(parts.model, rt.device))
