@@ -164,10 +164,11 @@ def free_memory(device: torch.device) -> int | None:
         return None
 
 
-def hide_gpus_from_cpu_ranks() -> None:
+def prepare_spawned_ranks(device_type: str) -> None:
     """--device cpu with spawned ranks: ignite's native model selects a CUDA device whenever
     one is visible, which would move collectives to the GPU (or fail past the GPU count)."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    if device_type == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 def pin_memory(device: torch.device) -> bool:

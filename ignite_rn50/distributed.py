@@ -275,7 +275,7 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch renames that keyword
         return nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type != "cpu" else None, **kwargs)
+            model, device_ids=None if device.index is None else [device.index], **kwargs)
 
 
 @torch.no_grad()

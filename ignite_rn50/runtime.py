@@ -63,7 +63,7 @@ def preflight(cfg: Config, claim_output: bool = True
         if precision.backend == "apex":
             raise UserError("--graph captures native AMP only; apex.amp scales the loss on "
                             "the host: pass --amp-backend native or drop --graph")
-    if cfg.compile and device_type == "npu":
+    if cfg.compile:
         dev.compile_backend_available(device_type)
     if cfg.dataset == "cifar100":
         if cfg.download and not external:
@@ -75,8 +75,7 @@ def preflight(cfg: Config, claim_output: bool = True
     if multi and not external:
         if cfg.node_rank == 0:
             distributed.check_port_free(cfg.addr, cfg.port)
-        if device_type == "cpu":
-            dev.hide_gpus_from_cpu_ranks()
+        dev.prepare_spawned_ranks(device_type)
     return backend, lock
 
 
