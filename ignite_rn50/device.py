@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -183,7 +182,7 @@ def gpu_monitor_works(device: torch.device) -> bool:
 # --- what this machine is (for the first lines of a run) --------------------------------------
 
 def describe_device(device: torch.device) -> dict[str, str]:
-    """Device name and count, plus torch_npu, CANN and apex versions where they exist."""
+    """Device name and count, plus the torch_npu and CANN versions on an NPU."""
     if device.type == "cpu":
         info = {"device": f"cpu ({platform.processor() or platform.machine()}, "
                           f"{os.cpu_count()} cores)", "device_count": "1"}
@@ -195,9 +194,6 @@ def describe_device(device: torch.device) -> dict[str, str]:
         torch_npu = import_torch_npu()
         info["torch_npu"] = str(getattr(torch_npu, "__version__", "unknown"))
         info["cann"] = _cann_version(torch_npu)
-    apex = _installed_version("apex")
-    if apex is not None:
-        info["apex"] = apex
     return info
 
 
@@ -214,16 +210,6 @@ def _cann_version(torch_npu: ModuleType) -> str:
             if line.startswith("version="):
                 return line.split("=", 1)[1].strip()
     return "unknown"
-
-
-def _installed_version(package: str) -> str | None:
-    """A package's version without importing it (apex imports CUDA/NPU extensions)."""
-    if importlib.util.find_spec(package) is None:
-        return None
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "installed (version unknown)"
 
 
 # --- precision --------------------------------------------------------------------------------

@@ -311,19 +311,14 @@ def log_epoch(row: dict[str, Any], epochs: int) -> None:
              f"{100 * row['data_wait']:.1f}%" if row["data_wait"] is not None else "n/a")
 
 
-@dataclass
-class TrainingHandlers:
-    fps: FpsMeter
-    losses: LossTracker
-
-
 def attach_all(trainer: Engine, evaluator: Engine, parts: Parts, train_data: Any,
                eval_batches: Any, record: Any, stop: GracefulStop, *, device: torch.device,
                batch: int, print_freq: int, epochs: int,
-               loss_file: Path | None) -> TrainingHandlers:
+               loss_file: Path | None) -> FpsMeter:
     """The trainer's handlers, in the order they must run at each event: the lr decay at an
     epoch's end runs before EpochEnd (which reports the epoch's own lr) and before the
-    checkpoint handlers attached after this (a saved schedule holds the next epoch's lr)."""
+    checkpoint handlers attached after this (a saved schedule holds the next epoch's lr).
+    Returns the FPS meter, whose run-wide figure summary.json reports."""
     fps = FpsMeter(device, batch)
     fps.attach(trainer)
     parts.schedule.attach(trainer)
@@ -336,7 +331,7 @@ def attach_all(trainer: Engine, evaluator: Engine, parts: Parts, train_data: Any
     stop.attach(trainer, every=print_freq)
     EpochEnd(parts.model, evaluator, eval_batches, losses, fps, lambda: parts.schedule.epoch_lr,
              record, epochs).attach(trainer)
-    return TrainingHandlers(fps, losses)
+    return fps
 
 
 # --- learning rate --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Experiment trackers (TensorBoard, ClearML) live in ``trackers.py``.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
@@ -15,11 +16,13 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import ignite.distributed as idist
+import torch
+import torchvision
 
 log = logging.getLogger("ignite_rn50")
 
@@ -47,23 +50,25 @@ def command_line() -> str:
     return shlex.join([Path(sys.executable).name, *argv])
 
 
-def _version(package: str) -> str:
+def installed_version(package: str, module: str) -> str | None:
+    """A package's version without importing it (apex loads CUDA/NPU extensions); None when
+    its module is not installed."""
+    if importlib.util.find_spec(module) is None:
+        return None
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        return "not installed"
+        return "installed (version unknown)"
 
 
 def environment(device_info: dict[str, str], backend: str | None) -> dict[str, str]:
     """Everything a bug report starts with: command, versions, device, backend."""
-    import torch
-    import torchvision
-
     env = {"command": command_line(), "python": platform.python_version(),
            "torch": torch.__version__, "torchvision": torchvision.__version__}  # build tags too
-    for package in ("pytorch-ignite", "clearml"):
-        env[package] = _version(package)
-    env.update(device_info)
+    for package, module in (("pytorch-ignite", "ignite"), ("clearml", "clearml")):
+        env[package] = installed_version(package, module) or "not installed"
+    apex = installed_version("apex", "apex")
+    env.update(device_info, **({"apex": apex} if apex else {}))
     env["backend"] = f"{backend} ({idist.get_world_size()} processes)" if backend else \
         "none (1 process)"
     return env
@@ -119,7 +124,7 @@ class RunSummary:
     record: RunRecord
     fps: Callable[[], float | None]
     best_checkpoint: Callable[[], Path | None]
-    started: float = field(default_factory=time.perf_counter)
+    started: float  # time.perf_counter() at the start of this process
 
     def write(self, engine: Any) -> None:
         if idist.get_rank() != 0:

@@ -48,13 +48,13 @@ def run_training(cfg: Config) -> None:
         log.info("the run in %s is already complete (%d epochs); nothing to do", rt.out,
                  trainer.state.epoch)
         return
-    attached = handlers.attach_all(
+    fps = handlers.attach_all(
         trainer, evaluator, parts, data.train, data.eval_batches, record, stop,
         device=rt.device, batch=data.batch_per_process, print_freq=cfg.print_freq,
         epochs=cfg.epochs, loss_file=rt.out / "train_loss.csv")
     trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoints.save_epoch)
     summary = reporting.RunSummary(rt.out / "summary.json", summary_facts(cfg, rt, parts, data),
-                                   record, lambda: attached.fps.fps,
+                                   record, lambda: fps.fps,
                                    lambda: checkpoints.best_path, rt.started)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, summary.write)
     tracking = trackers.start(cfg, rt, trainer, evaluator)
