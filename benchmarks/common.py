@@ -17,12 +17,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from ignite_rn50 import device as dev  # noqa: E402
 from ignite_rn50.data import ImageSet, make_synthetic  # noqa: E402
 
+DEFAULTS = dict(depth=18, batch_size=32, image_size=16, num_classes=100, steps=10, warmup=3,
+                repeats=3, train_size=None, threads=None)
 
-def parser(description: str, *, depth: int = 18, batch_size: int = 32, image_size: int = 16,
-           num_classes: int = 100, steps: int = 10, warmup: int = 3, repeats: int | None = 3,
-           train_size: int | None = None, threads: int | None = None,
-           ) -> argparse.ArgumentParser:
-    """Flags every benchmark shares; defaults are small enough for a 2-core CPU."""
+
+def parser(description: str, **overrides: int | None) -> argparse.ArgumentParser:
+    """Flags every benchmark shares; the defaults (DEFAULTS, then ``overrides``) are small
+    enough for a 2-core CPU. ``repeats=None``: no --repeats flag."""
+    d = {**DEFAULTS, **overrides}
+    depth, batch_size, image_size, num_classes = (d["depth"], d["batch_size"], d["image_size"],
+                                                  d["num_classes"])
+    steps, warmup, repeats, train_size, threads = (d["steps"], d["warmup"], d["repeats"],
+                                                   d["train_size"], d["threads"])
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, npu, ...")

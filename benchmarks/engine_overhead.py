@@ -21,47 +21,49 @@ from common import Window, interleave, now, parser, setup, synthetic, table
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_rn50 import device as dev
 from ignite_rn50 import handlers
+from ignite_rn50 import precision as prec
 from ignite_rn50.engine import create_trainer, make_train_step
 from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData
+from ignite_rn50.pipeline import DeviceTrainData, Feed
+from ignite_rn50.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.signals import GracefulStop
 
-OPT = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False)
+OPT = prec.Sgd(0.1, 0.9, 5e-4, False)
 
 
 class Bench:
     def __init__(self, args, device: torch.device) -> None:
         self.args, self.device = args, device
         amp = {"auto": None, "on": True, "off": False}[args.amp]
-        self.precision = dev.resolve_precision(device.type, amp, "auto", "native")
+        self.precision = prec.resolve_precision(device.type, amp, "auto", "native")
         self.init = build_model(args.depth, args.num_classes).to(device)
         self.total = args.warmup + args.steps
-        self.data = DeviceTrainData(synthetic(args), device, args.batch_size, rank=0,
-                                    world_size=1, seed=args.seed, max_batches=self.total)
+        self.data = DeviceTrainData(synthetic(args), device,
+                                    Feed(args.batch_size, seed=args.seed, max_batches=self.total))
         self.criterion = nn.CrossEntropyLoss().to(device)
         self.models: dict[str, nn.Module] = {}
 
     def fresh(self, side: str) -> tuple[nn.Module, torch.optim.Optimizer,
                                         torch.amp.GradScaler | None]:
         model = self.models[side] = copy.deepcopy(self.init)
-        opt = dev.make_optimizer(model.parameters(), self.device, self.precision, **OPT)
-        return model, opt, dev.make_grad_scaler(self.device, self.precision)
+        opt = prec.make_optimizer(model.parameters(), self.device, self.precision, OPT)
+        return model, opt, prec.make_grad_scaler(self.device, self.precision)
 
     def trainer(self, before: list) -> Engine:
-        """run.py's trainer with its per-step handlers, in its order; ``before`` handlers
-        (event, fn) go ahead of them."""
+        """The trainer with its per-step handlers (those of handlers.attach_all); ``before``
+        handlers (event, fn) go ahead of them."""
         model, opt, scaler = self.fresh("trainer")
-        engine = create_trainer(make_train_step(model, opt, self.criterion, self.device,
-                                                self.precision, scaler))
+        engine = create_trainer(make_train_step(model, opt, self.criterion,
+                                                prec.Amp(self.device, self.precision, scaler)))
         for event, fn in before:
             engine.add_event_handler(event, fn)
         a = self.args
         handlers.FpsMeter(self.device, a.batch_size).attach(engine)
-        handlers.LrSchedule(opt, [60, 120, 160], 0.2, 0, 0.1).attach(engine)
+        LrSchedule(opt, ScheduleSpec(0.1, milestones=(60, 120, 160))).attach(engine)
         printed = lambda e, loss: e.state.metrics.update(loss=loss)  # noqa: E731
         handlers.LossTracker(self.device, a.print_freq, printed).attach(engine)
-        handlers.GracefulStop().attach(engine, every=a.print_freq)
+        GracefulStop().attach(engine, every=a.print_freq)
         engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.data.set_epoch(1))
         return engine
 
@@ -72,13 +74,13 @@ class Bench:
         self.data.set_epoch(1)
         for images, targets in self.data:
             model.train()
-            with dev.autocast(device, precision):
+            with prec.autocast(device, precision):
                 loss = criterion(model(images), targets)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
-                scaler.update()
+                prec.update_scaler(scaler, precision)
             else:
                 loss.backward()
                 opt.step()

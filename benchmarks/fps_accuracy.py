@@ -16,11 +16,11 @@ from common import now, parser, setup, synthetic
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_rn50 import device as dev
 from ignite_rn50 import handlers
+from ignite_rn50 import precision as prec
 from ignite_rn50.engine import create_evaluator, create_trainer, make_train_step
 from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData, device_eval_batches
+from ignite_rn50.pipeline import DeviceTrainData, Feed, device_eval_batches
 
 
 class OutsideClock:
@@ -63,21 +63,23 @@ def main() -> None:
     p.add_argument("--eval-size", type=int, default=256, help="test images per evaluation")
     args = p.parse_args()  # --steps: iterations per epoch; --warmup: FpsMeter's warm-up
     device = setup(args)
-    precision = dev.resolve_precision(device.type, None, "auto", "native")
+    precision = prec.resolve_precision(device.type, None, "auto", "native")
     model = build_model(args.depth, args.num_classes).to(device)
-    opt = dev.make_optimizer(model.parameters(), device, precision, lr=0.1, momentum=0.9,
-                             weight_decay=5e-4, nesterov=False)
-    scaler = dev.make_grad_scaler(device, precision)
+    opt = prec.make_optimizer(model.parameters(), device, precision,
+                              prec.Sgd(0.1, 0.9, 5e-4, False))
+    scaler = prec.make_grad_scaler(device, precision)
     criterion = nn.CrossEntropyLoss().to(device)
     train = DeviceTrainData(synthetic(args, args.batch_size * args.steps), device,
-                            args.batch_size, rank=0, world_size=1, seed=args.seed)
+                            Feed(args.batch_size, seed=args.seed))
     test = device_eval_batches(synthetic(args, args.eval_size), device, args.batch_size,
                                rank=0, world_size=1)
-    trainer = create_trainer(make_train_step(model, opt, criterion, device, precision, scaler))
+    trainer = create_trainer(make_train_step(model, opt, criterion,
+                                             prec.Amp(device, precision, scaler)))
     evaluator = create_evaluator(model, criterion, device, precision)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train.set_epoch(e.state.epoch))
     meter = handlers.FpsMeter(device, args.batch_size, warmup=args.warmup)
     meter.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, meter.epoch_completed)  # as EpochEnd does
     handlers.LossTracker(device, 50, lambda e, loss: None).attach(trainer)
     outside = OutsideClock(device, args.warmup)
     outside.attach(trainer)  # after FpsMeter: its marks follow the meter's

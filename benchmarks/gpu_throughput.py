@@ -20,9 +20,11 @@ from torch import nn
 
 from ignite_rn50 import device as dev
 from ignite_rn50 import handlers
+from ignite_rn50 import precision as prec
 from ignite_rn50.engine import Parts, build_trainer, create_trainer, make_graphed_train_step
 from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData
+from ignite_rn50.pipeline import DeviceTrainData, Feed
+from ignite_rn50.schedule import LrSchedule, ScheduleSpec
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,16 @@ CASES = [Case("bs512_bf16_cl_eager", 512, torch.bfloat16, True, False),
 def trainer_for(case: Case, args, device: torch.device, batch: int) -> Engine:
     """The trainer's own step (engine.build_trainer's two kinds) on a fresh model."""
     fmt = torch.channels_last if case.channels_last else torch.contiguous_format
-    precision = dev.Precision(True, case.dtype, "native")
+    precision = prec.Precision(True, case.dtype, "native")
     model = build_model(args.depth, args.num_classes).to(device, memory_format=fmt)
-    opt = dev.make_optimizer(model.parameters(), device, precision, lr=0.1, momentum=0.9,
-                             weight_decay=5e-4, nesterov=False)
-    parts = Parts(depth=args.depth, model=model,
+    opt = prec.make_optimizer(model.parameters(), device, precision,
+                              prec.Sgd(0.1, 0.9, 5e-4, False))
+    criterion = nn.CrossEntropyLoss().to(device)
+    parts = Parts(model=model,
                   net=torch.compile(model) if case.compile else model, optimizer=opt,
-                  scaler=dev.make_grad_scaler(device, precision),
-                  criterion=nn.CrossEntropyLoss().to(device),
-                  schedule=handlers.LrSchedule(opt, [60, 120, 160], 0.2, 0, 0.1),
+                  scaler=prec.make_grad_scaler(device, precision), criterion=criterion,
+                  eval_criterion=criterion,
+                  schedule=LrSchedule(opt, ScheduleSpec(0.1, milestones=(60, 120, 160))),
                   precision=precision, memory_format=fmt)
     if case.graph:  # the capture needs CUDA; on cpu (--quick) the same path runs eagerly
         api = dev.graph_api(device) if device.type != "cpu" else None
@@ -67,11 +70,12 @@ def measure(case: Case, args, device: torch.device) -> tuple[float, float | None
     batch = min(case.batch, args.max_batch) if args.max_batch else case.batch
     total = args.warmup + args.steps
     pool = min(total, args.pool_batches)  # batches held on the device, cycled
-    data = DeviceTrainData(synthetic(args, batch * pool), device, batch, rank=0, world_size=1,
-                           seed=args.seed, channels_last=case.channels_last)
+    data = DeviceTrainData(synthetic(args, batch * pool), device, Feed(batch, seed=args.seed),
+                           channels_last=case.channels_last)
     trainer = trainer_for(case, args, device, batch)
     meter = handlers.FpsMeter(device, batch, warmup=args.warmup)
     meter.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, meter.epoch_completed)
     window = Window(device, args.warmup, args.steps, batch)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: window.mark(e.state.iteration))
     trainer.run(data, max_epochs=1, epoch_length=total)

@@ -17,28 +17,29 @@ from ignite.engine import Events
 from torch import nn
 
 from ignite_rn50 import device as dev
-from ignite_rn50 import handlers
+from ignite_rn50 import precision as prec
 from ignite_rn50.engine import Parts, create_trainer, make_graphed_train_step, make_train_step
 from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData
+from ignite_rn50.pipeline import DeviceTrainData, Feed
+from ignite_rn50.schedule import LrSchedule, ScheduleSpec
 
 
-def run(model: nn.Module, precision: dev.Precision, device: torch.device, data: DeviceTrainData,
+def run(model: nn.Module, precision: prec.Precision, device: torch.device, data: DeviceTrainData,
         steps: int, graph: bool) -> tuple[list[torch.Tensor], nn.Module]:
-    opt = dev.make_optimizer(model.parameters(), device, precision, lr=0.1, momentum=0.9,
-                             weight_decay=5e-4, nesterov=False)
-    schedule = handlers.LrSchedule(opt, [2], 0.2, warmup_iters=10, warmup_factor=0.1)
-    scaler = dev.make_grad_scaler(device, precision)
+    opt = prec.make_optimizer(model.parameters(), device, precision,
+                              prec.Sgd(0.1, 0.9, 5e-4, False))
+    schedule = LrSchedule(opt, ScheduleSpec(0.1, milestones=(2,), gamma=0.2, warmup_iters=10))
+    scaler = prec.make_grad_scaler(device, precision)
     criterion = nn.CrossEntropyLoss().to(device)
     if graph:
-        parts = Parts(depth=0, model=model, net=model, optimizer=opt, scaler=scaler,
-                      criterion=criterion, schedule=schedule, precision=precision,
-                      memory_format=torch.contiguous_format)
+        parts = Parts(model=model, net=model, optimizer=opt, scaler=scaler,
+                      criterion=criterion, eval_criterion=criterion, schedule=schedule,
+                      precision=precision, memory_format=torch.contiguous_format)
         api = dev.graph_api(device) if device.type != "cpu" else None
         trainer = create_trainer(make_graphed_train_step(parts, device, api))
     else:
-        trainer = create_trainer(make_train_step(model, opt, criterion, device, precision,
-                                                 scaler))
+        trainer = create_trainer(make_train_step(model, opt, criterion,
+                                                 prec.Amp(device, precision, scaler)))
     schedule.attach(trainer)
     losses: list[torch.Tensor] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED,
@@ -48,11 +49,11 @@ def run(model: nn.Module, precision: dev.Precision, device: torch.device, data: 
     return losses, model
 
 
-def compare(name: str, precision: dev.Precision, args, device: torch.device) -> None:
+def compare(name: str, precision: prec.Precision, args, device: torch.device) -> None:
     torch.manual_seed(args.seed)
     start = build_model(args.depth, args.num_classes).to(device)
-    data = DeviceTrainData(synthetic(args, args.batch_size * 10), device, args.batch_size,
-                           rank=0, world_size=1, seed=args.seed)  # epochs of 10 steps
+    data = DeviceTrainData(synthetic(args, args.batch_size * 10), device,
+                           Feed(args.batch_size, seed=args.seed))  # epochs of 10 steps
     eager_losses, eager = run(copy.deepcopy(start), precision, device, data, args.steps, False)
     graph_losses, graphed = run(copy.deepcopy(start), precision, device, data, args.steps, True)
     loss_diff = max(abs(a.float() - b.float()).item()
@@ -71,9 +72,9 @@ def main() -> None:
     print(f"ResNet-{args.depth} {args.image_size}x{args.image_size} bs{args.batch_size}, "
           f"{args.steps} steps (epochs of 10; lr warm-up over 10 steps, x0.2 after epoch 2) "
           f"on {device}")
-    compare("fp32", dev.Precision(False, None, "native"), args, device)
+    compare("fp32", prec.Precision(False, None, "native"), args, device)
     if device.type != "cpu":
-        compare("fp16_amp", dev.Precision(True, torch.float16, "native"), args, device)
+        compare("fp16_amp", prec.Precision(True, torch.float16, "native"), args, device)
 
 
 if __name__ == "__main__":

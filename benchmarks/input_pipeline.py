@@ -16,7 +16,7 @@ import torch
 from common import interleave, now, parser, setup, synthetic, table
 
 from ignite_rn50 import device as dev
-from ignite_rn50.pipeline import DeviceTrainData, LoaderTrainData
+from ignite_rn50.pipeline import DeviceTrainData, Feed, LoaderTrainData
 
 
 def epoch_rate(data: Iterable, device: torch.device) -> float:
@@ -42,15 +42,14 @@ def main() -> None:
     device = setup(args)
     images = synthetic(args)
     epoch = [0]
-    data = DeviceTrainData(images, device, args.batch_size, rank=0, world_size=1,
-                           seed=args.seed)
+    data = DeviceTrainData(images, device, Feed(args.batch_size, seed=args.seed))
 
     def device_side() -> float:
         epoch[0] += 1
         data.set_epoch(epoch[0])
         return epoch_rate(data, device)
 
-    loader = LoaderTrainData(images, args.batch_size, rank=0, world_size=1, seed=args.seed,
+    loader = LoaderTrainData(images, Feed(args.batch_size, seed=args.seed),
                              num_workers=args.num_workers, pin_memory=dev.pin_memory(device))
 
     def torchvision_side() -> float:

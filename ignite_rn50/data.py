@@ -1,4 +1,5 @@
-"""Datasets as plain uint8 tensors: CIFAR-100 from its python pickles, or a learnable synthetic set.
+"""Datasets as plain uint8 tensors: the CIFAR pickles a ``datasets.PickledCifar`` spec names,
+or a learnable synthetic set.
 
 Both come out as an ``ImageSet`` (uint8 ``[N, 3, H, W]`` images, int64 labels), which either
 input pipeline (see ``pipeline.py``) can feed to the model.
@@ -14,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ignite_rn50.datasets import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DatasetSpec,
+    PickledCifar,
+    Synthetic,
+    file_datasets,
+)
 from ignite_rn50.errors import UserError
 
 log = logging.getLogger(__name__)
-
-CIFAR_FOLDER = "cifar-100-python"
-CIFAR_CLASSES = 100
-# mmcls resnet50_8xb16_cifar100: statistics on 0-255 RGB.
-CIFAR_MEAN = (129.304, 124.070, 112.434)
-CIFAR_STD = (68.170, 65.392, 70.418)
 
 
 @dataclass
@@ -30,6 +33,8 @@ class ImageSet:
     images: torch.Tensor  # uint8 [N, 3, H, W]
     labels: torch.Tensor  # int64 [N]
     num_classes: int
+    mean: tuple[float, float, float] = CIFAR100_MEAN  # the dataset's statistics, 0-255 RGB
+    std: tuple[float, float, float] = CIFAR100_STD
 
     def __len__(self) -> int:
         return int(self.labels.numel())
@@ -39,18 +44,41 @@ class ImageSet:
         return int(self.images.shape[-1])
 
 
-# --- CIFAR-100 ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SyntheticSizes:
+    """The --synthetic-* options."""
 
-def locate_cifar(path: str | Path) -> Path:
-    """Accept the cifar-100-python folder itself or the folder that holds it."""
+    train: int
+    test: int
+    classes: int
+    image_size: int
+
+
+# --- the CIFAR pickle family -------------------------------------------------------------------
+
+def _has_files(spec: PickledCifar, folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (*spec.train_files, *spec.test_files))
+
+
+def _other_dataset_in(spec: PickledCifar, path: Path) -> str:
+    """' (it holds CIFAR-10: pass --dataset cifar10)' when another known dataset is there."""
+    for other in file_datasets():
+        if other.name != spec.name and any(_has_files(other, c) for c in (path,
+                                                                          path / other.folder)):
+            return f" (it holds {other.title}: pass --dataset {other.name})"
+    return ""
+
+
+def locate(spec: PickledCifar, path: str | Path) -> Path:
+    """Accept the dataset's own folder (cifar-100-python, ...) or the folder that holds it."""
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"--data {path} does not exist; pass the folder that holds "
-                        f"{CIFAR_FOLDER}/ (or add --download to fetch it there)")
+                        f"{spec.folder}/ (or add --download to fetch it there)")
     if not path.is_dir():
-        raise UserError(f"--data {path} is a file; pass the folder that holds {CIFAR_FOLDER}/")
-    for candidate in (path, path / CIFAR_FOLDER):
-        if (candidate / "train").is_file() and (candidate / "test").is_file():
+        raise UserError(f"--data {path} is a file; pass the folder that holds {spec.folder}/")
+    for candidate in (path, path / spec.folder):
+        if _has_files(spec, candidate):
             return candidate
     try:
         listing = sorted(p.name for p in path.iterdir())[:8]
@@ -58,12 +86,14 @@ def locate_cifar(path: str | Path) -> Path:
         raise UserError(f"--data {path} is not readable (permission denied); fix its "
                         "permissions or pass another folder") from None
     found = ", ".join(listing) if listing else "nothing"
-    raise UserError(f"--data {path} holds no CIFAR-100 (expected {CIFAR_FOLDER}/train and "
-                    f"{CIFAR_FOLDER}/test, found {found}); pass the folder that holds "
-                    f"{CIFAR_FOLDER}/, or add --download")
+    expected = ", ".join(f"{spec.folder}/{name}" for name in (spec.train_files[0],
+                                                               *spec.test_files))
+    raise UserError(f"--data {path} holds no {spec.title} (expected {expected}, found "
+                    f"{found}){_other_dataset_in(spec, path)}; pass the folder that holds "
+                    f"{spec.folder}/, or add --download")
 
 
-def _read_pickle(file: Path) -> dict:
+def _read_pickle(spec: PickledCifar, file: Path) -> dict:
     try:
         with open(file, "rb") as fh:
             obj = pickle.load(fh, encoding="latin1")
@@ -72,43 +102,61 @@ def _read_pickle(file: Path) -> dict:
             from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             ImportError, IndexError, MemoryError, UnicodeDecodeError) as exc:
-        raise UserError(f"{file} is truncated or not a CIFAR-100 pickle ({type(exc).__name__}); "
-                        "re-download it (--download into an empty folder) or replace the file") \
-            from None
+        raise UserError(f"{file} is truncated or not a {spec.title} pickle "
+                        f"({type(exc).__name__}); re-download it (--download into an empty "
+                        "folder) or replace the file") from None
     if not isinstance(obj, dict):
-        raise UserError(f"{file} holds a {type(obj).__name__}, not a CIFAR-100 dict; replace "
+        raise UserError(f"{file} holds a {type(obj).__name__}, not a {spec.title} dict; replace "
                         "the file")
     return obj
 
 
-def load_cifar_split(file: Path) -> ImageSet:
-    """Validate structure (keys, shapes, label range); the MD5 is only checked on download."""
-    obj = _read_pickle(file)
-    missing = [k for k in ("data", "fine_labels") if k not in obj]
+def _check_keys(spec: PickledCifar, file: Path, obj: dict) -> None:
+    missing = [k for k in ("data", spec.label_key) if k not in obj]
     if missing:
-        raise UserError(f"{file} lacks {', '.join(missing)}: not a CIFAR-100 file (CIFAR-10 "
-                        "files have 'labels'); pass the cifar-100-python folder")
+        others = [o for o in file_datasets() if o.label_key != spec.label_key
+                  and o.label_key in obj]
+        hint = (f" ({others[0].title} files have '{others[0].label_key}': pass --dataset "
+                f"{others[0].name})") if others else ""
+        raise UserError(f"{file} lacks {', '.join(missing)}: not a {spec.title} file{hint}; "
+                        f"pass the {spec.folder} folder")
+
+
+def load_split(spec: PickledCifar, file: Path) -> ImageSet:
+    """Validate structure (keys, shapes, label range); the MD5 is only checked on download."""
+    obj = _read_pickle(spec, file)
+    _check_keys(spec, file, obj)
     data = np.asarray(obj["data"])
-    labels = np.asarray(obj["fine_labels"])
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or data.shape[0] == 0:
-        raise UserError(f"{file}: 'data' has shape {tuple(data.shape)}, expected (N, 3072) "
-                        "with N > 0; replace the file")
+    labels = np.asarray(obj[spec.label_key])
+    side = spec.image_size
+    if data.ndim != 2 or data.shape[1] != 3 * side * side or data.shape[0] == 0:
+        raise UserError(f"{file}: 'data' has shape {tuple(data.shape)}, expected (N, "
+                        f"{3 * side * side}) with N > 0; replace the file")
     if data.dtype != np.uint8:
         raise UserError(f"{file}: 'data' is {data.dtype}, expected uint8; replace the file")
     if labels.shape != (data.shape[0],):
         raise UserError(f"{file}: {labels.size} labels for {data.shape[0]} images; replace the "
                         "file")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
-            or labels.max() >= CIFAR_CLASSES:
-        raise UserError(f"{file}: labels must be integers in 0..{CIFAR_CLASSES - 1}, found "
+            or labels.max() >= spec.num_classes:
+        raise UserError(f"{file}: labels must be integers in 0..{spec.num_classes - 1}, found "
                         f"{labels.min()}..{labels.max()}; replace the file")
-    images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-    return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), CIFAR_CLASSES)
+    images = torch.from_numpy(data.reshape(-1, 3, side, side).copy())
+    return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), spec.num_classes,
+                    spec.mean, spec.std)
 
 
-def download_cifar(root: Path) -> None:
+def load_files(spec: PickledCifar, folder: Path, names: tuple[str, ...]) -> ImageSet:
+    parts = [load_split(spec, folder / name) for name in names]
+    if len(parts) == 1:
+        return parts[0]
+    return ImageSet(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]),
+                    spec.num_classes, spec.mean, spec.std)
+
+
+def download(spec: PickledCifar, root: Path) -> None:
     """torchvision's downloader (MD5-checked); offline it fails with where to put the files."""
-    from torchvision.datasets import CIFAR100
+    from torchvision.datasets.utils import download_and_extract_archive
 
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -116,27 +164,21 @@ def download_cifar(root: Path) -> None:
         raise UserError(f"--data {root} cannot be created ({exc.strerror}); pass a writable "
                         "folder") from None
     try:
-        CIFAR100(str(root), train=True, download=True)
+        download_and_extract_archive(spec.url, str(root), filename=spec.archive, md5=spec.md5)
     except (OSError, RuntimeError) as exc:  # URLError is an OSError
         reason = getattr(exc, "reason", None) or exc
-        raise UserError(f"could not download CIFAR-100 from {CIFAR100.url} ({reason}); "
-                        f"download {CIFAR100.filename} by hand and extract it into {root} "
-                        f"(giving {root / CIFAR_FOLDER}/train, test, meta)") from None
+        raise UserError(f"could not download {spec.title} from {spec.url} ({reason}); "
+                        f"download {spec.archive} by hand and extract it into {root} (giving "
+                        f"{root / spec.folder}/)") from None
 
 
-def ensure_cifar(path: str | Path) -> None:
-    """--download: fetch CIFAR-100 unless it is already there (one process per job does it)."""
+def ensure_files(spec: PickledCifar, path: str | Path) -> None:
+    """--download: fetch the dataset unless it is already there (one process per job)."""
     path = Path(path).expanduser()
-    root = path.parent if path.name == CIFAR_FOLDER else path
-    has = (root / CIFAR_FOLDER / "train").is_file() and (root / CIFAR_FOLDER / "test").is_file()
-    if not has:
-        log.info("downloading CIFAR-100 into %s", root)
-        download_cifar(root)
-
-
-def load_cifar(path: str | Path) -> tuple[ImageSet, ImageSet]:
-    folder = locate_cifar(path)
-    return load_cifar_split(folder / "train"), load_cifar_split(folder / "test")
+    root = path.parent if path.name == spec.folder else path
+    if not _has_files(spec, root / spec.folder):
+        log.info("downloading %s into %s", spec.title, root)
+        download(spec, root)
 
 
 # --- synthetic --------------------------------------------------------------------------------
@@ -158,25 +200,29 @@ def make_synthetic(size: int, num_classes: int, image_size: int, *, split_seed: 
     return ImageSet(images.clamp(0, 255).round().to(torch.uint8), labels, num_classes)
 
 
-def load_datasets(dataset: str, data: str | None, *, train_size: int, test_size: int,
-                  num_classes: int, image_size: int) -> tuple[ImageSet, ImageSet]:
-    if dataset == "synthetic":
-        return (make_synthetic(train_size, num_classes, image_size, split_seed=1),
-                make_synthetic(test_size, num_classes, image_size, split_seed=2))
+# --- by spec --------------------------------------------------------------------------------------
+
+def num_classes(spec: DatasetSpec, sizes: SyntheticSizes) -> int:
+    return sizes.classes if isinstance(spec, Synthetic) else spec.num_classes
+
+
+def load_test_set(spec: DatasetSpec, data: str | None, sizes: SyntheticSizes) -> ImageSet:
+    """The test split alone (evaluating a checkpoint reads nothing else)."""
+    if isinstance(spec, Synthetic):
+        return make_synthetic(sizes.test, sizes.classes, sizes.image_size, split_seed=2)
+    return load_files(spec, locate(spec, _required(spec, data)), spec.test_files)
+
+
+def load_datasets(spec: DatasetSpec, data: str | None,
+                  sizes: SyntheticSizes) -> tuple[ImageSet, ImageSet]:
+    if isinstance(spec, Synthetic):
+        return (make_synthetic(sizes.train, sizes.classes, sizes.image_size, split_seed=1),
+                load_test_set(spec, data, sizes))
+    folder = locate(spec, _required(spec, data))
+    return load_files(spec, folder, spec.train_files), load_files(spec, folder, spec.test_files)
+
+
+def _required(spec: PickledCifar, data: str | None) -> str:
     if data is None:
-        raise UserError("--data is required for --dataset cifar100")
-    return load_cifar(data)
-
-
-def num_classes(dataset: str, synthetic_classes: int) -> int:
-    return CIFAR_CLASSES if dataset == "cifar100" else synthetic_classes
-
-
-def load_test_set(dataset: str, data: str | None, *, test_size: int, num_classes: int,
-                  image_size: int) -> ImageSet:
-    """The test split alone (evaluation of a checkpoint reads nothing else)."""
-    if dataset == "synthetic":
-        return make_synthetic(test_size, num_classes, image_size, split_seed=2)
-    if data is None:
-        raise UserError("--data is required for --dataset cifar100")
-    return load_cifar_split(locate_cifar(data) / "test")
+        raise UserError(f"--data is required for --dataset {spec.name}")
+    return data

@@ -1,9 +1,13 @@
-"""The device seam: the only module that knows npu, cuda and cpu apart.
+"""The device seam: with ``precision.py`` and ``distributed.py`` (the HCCL computation model
+and DDP), the only code that tells npu, cuda and cpu apart.
 
 Everything device-specific (which device exists, which process-group backend it uses, the
 autocast dtype, loss scaling, synchronisation, fused optimisers, apex) is decided here, so the
 rest of the trainer only ever sees a ``torch.device`` and the objects built below.
-torch_npu and apex are imported lazily: neither is needed unless asked for.
+Mixed precision, apex and the optimiser are its other half, ``precision.py``.
+torch_npu and apex are imported lazily: neither is needed unless asked for (and ``cli.py``
+keeps torch >= 2.5 from autoloading torch_npu at ``import torch``, which must happen before
+torch is imported, so before this module).
 """
 
 from __future__ import annotations
@@ -14,16 +18,16 @@ import importlib.util
 import logging
 import os
 import platform
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import ignite.distributed as idist
 import torch
 
 from ignite_rn50.errors import UserError
+from ignite_rn50.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -210,153 +214,6 @@ def _cann_version(torch_npu: ModuleType) -> str:
             if line.startswith("version="):
                 return line.split("=", 1)[1].strip()
     return "unknown"
-
-
-# --- precision --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Precision:
-    """What the train step does about mixed precision on this device."""
-
-    enabled: bool
-    dtype: torch.dtype | None
-    backend: str  # "native" or "apex"
-    loss_scale: float | None = None  # static scale; None = dynamic
-    opt_level: str | None = None  # apex only
-
-    @property
-    def needs_scaler(self) -> bool:
-        return self.enabled and self.backend == "native" and self.dtype == torch.float16
-
-    def describe(self) -> str:
-        if not self.enabled:
-            return "fp32"
-        if self.backend == "apex":
-            return "apex"
-        return str(self.dtype).replace("torch.", "")
-
-    def explain(self) -> str:
-        """One line for the log and summary.json: what really runs."""
-        if not self.enabled:
-            return "fp32 (no mixed precision)"
-        scale = "dynamic loss scale" if self.loss_scale is None else \
-            f"static loss scale {self.loss_scale:g}"
-        if self.backend == "apex":
-            return f"apex.amp {self.opt_level}, {scale}"
-        if not self.needs_scaler:
-            return f"native autocast {self.describe()}, no loss scaling"
-        return f"native autocast {self.describe()}, {scale}"
-
-
-def resolve_precision(device_type: str, amp: bool | None, amp_dtype: str, amp_backend: str,
-                      loss_scale: float | None = None, opt_level: str = "O2") -> Precision:
-    """``auto``: apex where it imports on an NPU (the seed's apex O2), else native AMP."""
-    enabled = (device_type != "cpu") if amp is None else amp
-    if amp_backend == "auto":
-        amp_backend = "apex" if device_type == "npu" and enabled and _apex_imports() \
-            else "native"
-    if amp_backend == "apex":
-        if device_type == "cpu":
-            raise UserError("--amp-backend apex needs --device npu or cuda; use the native "
-                            "backend on cpu")
-        _import_apex()
-        return Precision(True, None, "apex", loss_scale, opt_level)
-    if not enabled:
-        return Precision(False, None, "native")
-    if amp_dtype == "auto":
-        dtype = torch.bfloat16 if device_type == "cpu" else torch.float16
-    else:
-        dtype = getattr(torch, amp_dtype)
-    if device_type == "cpu":
-        warnings.warn(f"--amp on cpu autocasts to {str(dtype).replace('torch.', '')}, which is "
-                      "much slower than fp32 on most CPUs; drop --amp for speed", stacklevel=2)
-    return Precision(True, dtype, "native", loss_scale)
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, precision: Precision, cache: bool = True) -> Iterator[None]:
-    """``cache=False`` under graph capture: autocast's cache of cast weights would be freed
-    at the end of the captured region while the graph still points at it."""
-    if precision.enabled and precision.backend == "native":
-        with torch.autocast(device_type=device.type, dtype=precision.dtype,
-                            cache_enabled=cache):
-            yield
-    else:
-        yield
-
-
-def make_grad_scaler(device: torch.device, precision: Precision) -> torch.amp.GradScaler | None:
-    """Dynamic scaling by default; a static loss scale never grows (it still halves and skips
-    the step on overflow, so one bad batch cannot poison the weights)."""
-    if not precision.needs_scaler:
-        return None
-    if precision.loss_scale is None:
-        return torch.amp.GradScaler(device.type)
-    return torch.amp.GradScaler(device.type, init_scale=precision.loss_scale,
-                                growth_interval=2**31 - 1)
-
-
-# --- optimiser and apex -----------------------------------------------------------------------
-
-def _apex_imports() -> bool:
-    try:
-        _import_apex()
-    except UserError:
-        return False
-    return True
-
-
-def _import_apex() -> ModuleType:
-    if importlib.util.find_spec("apex") is None:
-        raise UserError("--amp-backend apex needs apex (NVIDIA apex on cuda, Ascend's apex on "
-                        "npu), which is not installed; install it or use --amp-backend native")
-    try:
-        return importlib.import_module("apex")
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001
-        raise UserError(f"apex is installed but failed to import ({type(exc).__name__}: {exc}); "
-                        "reinstall it for this torch, or use --amp-backend native") from None
-
-
-def make_optimizer(params: Any, device: torch.device, precision: Precision, *, lr: float,
-                   momentum: float, weight_decay: float, nesterov: bool) -> torch.optim.Optimizer:
-    """Ascend's NpuFusedSGD under apex on npu (the seed's choice), else torch's SGD with the
-    fastest implementation the device has (fused on cuda, foreach elsewhere)."""
-    kwargs = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
-    if device.type == "npu" and precision.backend == "apex":
-        try:
-            from apex.optimizers import NpuFusedSGD  # type: ignore[import-not-found]
-        except (ImportError, AttributeError):
-            log.warning("warning: this apex has no NpuFusedSGD (Ascend's apex has it); using "
-                        "torch.optim.SGD, which the seed did not")
-        else:
-            return NpuFusedSGD(params, **kwargs)
-    if device.type == "cuda":
-        return torch.optim.SGD(params, fused=True, **kwargs)
-    return torch.optim.SGD(params, foreach=device.type != "cpu", **kwargs)
-
-
-def apex_initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device,
-                    precision: Precision) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-    amp = _import_apex().amp
-    scale = precision.loss_scale
-    kwargs: dict[str, Any] = dict(opt_level=precision.opt_level,
-                                  loss_scale="dynamic" if scale is None else scale)
-    if device.type == "npu":
-        kwargs["combine_grad"] = True  # Ascend apex only: fuses gradient buffers
-    return amp.initialize(model, optimizer, **kwargs)
-
-
-def apex_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-    amp = _import_apex().amp
-    with amp.scale_loss(loss, optimizer) as scaled:
-        scaled.backward()
-
-
-def apex_state() -> Any:
-    return _import_apex().amp
 
 
 # --- compilation and graph capture ------------------------------------------------------------

@@ -10,15 +10,14 @@ module, which spawned children import too (they unpickle ``run.train`` from it).
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import multiprocessing
 import os
-import signal
 import socket
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -41,6 +40,7 @@ from torch import nn  # noqa: E402
 from ignite_rn50 import device as dev  # noqa: E402
 from ignite_rn50.config import Config  # noqa: E402
 from ignite_rn50.errors import UserError  # noqa: E402
+from ignite_rn50.signals import SignalRelay  # noqa: E402
 
 
 class HcclDistModel(_NativeDistModel):
@@ -97,38 +97,57 @@ class HcclDistModel(_NativeDistModel):
         return dev.current_device(self.device_type)
 
     # ignite's spawn/worker functions are static and name _NativeDistModel; these are the same
-    # steps with this class in its place.
+    # steps with this class in its place (ignite calls ``spawn`` with keyword arguments).
     @staticmethod
-    def _dist_worker_task_fn(local_rank: int, backend: str, fn: Callable, args: tuple,
-                             kw_dict: Mapping, world_size: int, nprocs_per_node: int,
-                             node_rank: int, master_addr: str, master_port: int,
-                             init_method: str, kw: Any) -> None:
+    def _dist_worker_task_fn(local_rank: int, task: WorkerTask) -> None:
         saved_env = os.environ.copy()
         os.environ.update(LOCAL_RANK=str(local_rank),
-                          RANK=str(node_rank * nprocs_per_node + local_rank),
-                          WORLD_SIZE=str(world_size), MASTER_ADDR=str(master_addr),
-                          MASTER_PORT=str(master_port))
-        model = HcclDistModel.create_from_backend(backend, init_method="env://", **kw)
+                          RANK=str(task.node_rank * task.nproc_per_node + local_rank),
+                          WORLD_SIZE=str(task.nnodes * task.nproc_per_node),
+                          MASTER_ADDR=str(task.master_addr), MASTER_PORT=str(task.master_port))
+        model = HcclDistModel.create_from_backend(task.backend, init_method="env://",
+                                                  **task.options)
         idist_utils._set_model(model)
-        fn(local_rank, *args, **kw_dict)
+        task.fn(local_rank, *task.args, **task.kwargs)
         idist.finalize()
         os.environ.clear()
         os.environ.update(saved_env)
 
     @staticmethod
     def spawn(fn: Callable, args: tuple, kwargs_dict: Mapping | None = None,
-              nproc_per_node: int = 1, nnodes: int = 1, node_rank: int = 0,
-              master_addr: str | None = None, master_port: int | None = None,
-              backend: str = "hccl", init_method: str | None = None, **kwargs: Any) -> None:
-        spawn_kwargs = {k: kwargs.pop(k) for k in ("join", "daemon", "start_method")
-                        if k in kwargs}
+              **options: Any) -> None:
+        """``options``: nproc_per_node, nnodes, node_rank, master_addr, master_port, backend,
+        init_method (env:// only), and what the process group takes (timeout)."""
+        spawn_kwargs = {k: options.pop(k) for k in ("join", "daemon", "start_method")
+                        if k in options}
         spawn_kwargs.setdefault("start_method", "spawn")
-        mp.start_processes(
-            HcclDistModel._dist_worker_task_fn, nprocs=nproc_per_node,
-            args=(backend, fn, args, kwargs_dict or {}, nnodes * nproc_per_node,
-                  nproc_per_node, node_rank, master_addr or "127.0.0.1", master_port or 29500,
-                  "env://", kwargs),
-            **spawn_kwargs)
+        task = WorkerTask(fn=fn, args=tuple(args), kwargs=dict(kwargs_dict or {}),
+                          backend=options.pop("backend", "hccl"),
+                          nproc_per_node=options.pop("nproc_per_node", 1),
+                          nnodes=options.pop("nnodes", 1), node_rank=options.pop("node_rank", 0),
+                          master_addr=options.pop("master_addr", None) or "127.0.0.1",
+                          master_port=options.pop("master_port", None) or 29500)
+        if options.pop("init_method", None) not in (None, "env://"):
+            raise ValueError("HcclDistModel.spawn supports init_method env:// only")
+        task.options.update(options)
+        mp.start_processes(HcclDistModel._dist_worker_task_fn, nprocs=task.nproc_per_node,
+                           args=(task,), **spawn_kwargs)
+
+
+@dataclass
+class WorkerTask:
+    """What every spawned rank of an HCCL job needs (pickled to each child)."""
+
+    fn: Callable
+    args: tuple
+    kwargs: dict
+    backend: str
+    nproc_per_node: int
+    nnodes: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    options: dict = field(default_factory=dict)
 
 
 def register() -> None:
@@ -189,29 +208,6 @@ def wait_for_master(addr: str, port: int, timeout_s: float) -> None:
             time.sleep(1)
 
 
-class _SignalRelay:
-    """The launcher passes SIGTERM and SIGINT on to its ranks, which stop after an agreed step
-    and save (a terminal's Ctrl-C also reaches them directly; they count both as one). A
-    second SIGINT more than 2 s later stops the job now: KeyboardInterrupt here."""
-
-    def __init__(self) -> None:
-        self.first_sigint: float | None = None
-
-    def install(self) -> None:
-        signal.signal(signal.SIGTERM, self.relay)
-        signal.signal(signal.SIGINT, self.relay)
-
-    def relay(self, signum: int, frame: Any) -> None:
-        for child in multiprocessing.active_children():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signum)
-        if signum == signal.SIGINT:
-            now = time.monotonic()
-            if self.first_sigint is not None and now - self.first_sigint > 2:
-                raise KeyboardInterrupt
-            self.first_sigint = self.first_sigint or now
-
-
 def _end_ranks(grace_s: float = 10) -> None:
     """After a second Ctrl-C: give the ranks ``grace_s`` to exit, then kill what is left."""
     deadline = time.monotonic() + grace_s
@@ -222,27 +218,50 @@ def _end_ranks(grace_s: float = 10) -> None:
             child.join(5)
 
 
-def launch(fn: Callable[[int, Any], None], arg: Any, cfg: Config, backend: str | None) -> None:
-    """``fn(local_rank, arg)`` in every process of the job ``cfg`` describes: here alone for
-    one process, in the group torchrun/SLURM made, or in ``--nproc`` spawned processes."""
-    timeout = timedelta(seconds=cfg.dist_timeout)
+@dataclass(frozen=True)
+class Topology:
+    """Where the job's processes run: what ``launch`` needs of the configuration."""
+
+    nproc: int
+    nodes: int
+    node_rank: int
+    addr: str
+    port: int
+    timeout_s: int
+    backend: str | None  # None: one process
+
+    @classmethod
+    def of(cls, cfg: Config, backend: str | None) -> Topology:
+        return cls(cfg.nproc, cfg.nodes, cfg.node_rank, cfg.addr, cfg.port, cfg.dist_timeout,
+                   backend)
+
+    @property
+    def processes(self) -> int:
+        return self.nproc * self.nodes
+
+
+def launch(fn: Callable[[int, Any], None], arg: Any, topology: Topology) -> None:
+    """``fn(local_rank, arg)`` in every process of the job: here alone for one process, in
+    the group torchrun/SLURM made, or in ``--nproc`` spawned processes on this node."""
+    timeout = timedelta(seconds=topology.timeout_s)
     if launched_externally():
-        idist.initialize(backend or "gloo", timeout=timeout)
+        idist.initialize(topology.backend or "gloo", timeout=timeout)
         try:
             fn(idist.get_local_rank(), arg)
         finally:
             idist.finalize()
         return
-    if cfg.processes == 1:
+    if topology.processes == 1:
         fn(0, arg)
         return
-    if cfg.node_rank > 0:
-        wait_for_master(cfg.addr, cfg.port, cfg.dist_timeout)
-    _SignalRelay().install()
+    if topology.node_rank > 0:
+        wait_for_master(topology.addr, topology.port, topology.timeout_s)
+    SignalRelay().install()
     try:
-        with idist.Parallel(backend=backend, nproc_per_node=cfg.nproc, nnodes=cfg.world_size,
-                            node_rank=cfg.node_rank, master_addr=cfg.addr,
-                            master_port=cfg.port, timeout=timeout) as parallel:
+        with idist.Parallel(backend=topology.backend, nproc_per_node=topology.nproc,
+                            nnodes=topology.nodes, node_rank=topology.node_rank,
+                            master_addr=topology.addr, master_port=topology.port,
+                            timeout=timeout) as parallel:
             parallel.run(fn, arg)
     except KeyboardInterrupt:
         _end_ranks()

@@ -20,11 +20,13 @@ from torch import nn
 
 from ignite_rn50 import device as dev
 from ignite_rn50 import distributed, weights
+from ignite_rn50 import precision as prec
 from ignite_rn50.config import Config
 from ignite_rn50.graph import GraphedStep, StepBody
-from ignite_rn50.handlers import LrSchedule
+from ignite_rn50.mixing import BatchMix, MixSpec
 from ignite_rn50.model import build_model
 from ignite_rn50.runtime import Runtime
+from ignite_rn50.schedule import LrSchedule, ScheduleSpec
 
 log = logging.getLogger("ignite_rn50")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -40,20 +42,33 @@ def prepare_batch(batch: Batch, device: torch.device,
 
 @dataclass
 class Parts:
-    """Everything a train step needs, and what a checkpoint saves of it."""
+    """Everything a train step needs (checkpoints.setup_checkpoints picks what to save)."""
 
-    depth: int
     model: nn.Module  # the bare model: checkpoints, evaluation, checksums
     net: nn.Module  # what the train step calls: DDP-wrapped and/or compiled
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    criterion: nn.Module
+    criterion: nn.Module  # the training loss
+    eval_criterion: nn.Module  # the validation loss: plain cross-entropy
     schedule: LrSchedule
-    precision: dev.Precision
+    precision: prec.Precision
     memory_format: torch.memory_format
+    mix: BatchMix | None = None  # mixup/cutmix of the training batches, when the recipe has it
 
 
-def build_parts(cfg: Config, rt: Runtime, num_classes: int) -> Parts:
+def mix_spec(cfg: Config) -> MixSpec:
+    return MixSpec.resolve(cfg.mixup_alpha, cfg.mixup_prob, cfg.cutmix_alpha, cfg.cutmix_prob)
+
+
+def schedule_spec(cfg: Config, epoch_length: int) -> ScheduleSpec:
+    """--warmup-epochs counts iterations of this run's epochs (mmcv's warmup_by_epoch)."""
+    warmup = cfg.warmup_iters or round(cfg.warmup_epochs * epoch_length)
+    return ScheduleSpec(lr=cfg.lr, policy=cfg.lr_policy, milestones=tuple(cfg.lr_milestones),
+                        gamma=cfg.lr_gamma, min_lr=cfg.min_lr, epochs=cfg.epochs,
+                        warmup_iters=warmup, warmup_factor=cfg.warmup_factor)
+
+
+def build_parts(cfg: Config, rt: Runtime, num_classes: int, epoch_length: int) -> Parts:
     """Model (from --init-from's weights if given), then optimiser, apex, DDP and
     compilation, in the order each requires: apex casts the model before DDP wraps it, and
     DDP broadcasts rank 0's weights."""
@@ -65,21 +80,23 @@ def build_parts(cfg: Config, rt: Runtime, num_classes: int) -> Parts:
             log.info("initialised from %s (%s layout; optimizer, schedule and epochs start "
                      "fresh)", cfg.init_from, layout)
     model = model.to(rt.device, memory_format=memory_format)
-    optimizer = dev.make_optimizer(model.parameters(), rt.device, rt.precision, lr=cfg.lr,
-                                   momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                   nesterov=cfg.nesterov)
+    optimizer = prec.make_optimizer(model.parameters(), rt.device, rt.precision,
+                                    prec.Sgd(cfg.lr, cfg.momentum, cfg.weight_decay,
+                                             cfg.nesterov))
     if rt.precision.backend == "apex":
-        model, optimizer = dev.apex_initialize(model, optimizer, rt.device, rt.precision)
-    net = distributed.wrap_ddp(model, rt.device) if rt.world_size > 1 else model
+        model, optimizer = prec.apex_initialize(model, optimizer, rt.device, rt.precision)
+    net = distributed.wrap_ddp(model, rt.device) if rt.processes > 1 else model
     if cfg.compile:
         net = dev.compile_model(net, rt.device)
-    schedule = LrSchedule(optimizer, cfg.lr_milestones, cfg.lr_gamma, cfg.warmup_iters,
-                          cfg.warmup_factor, policy=cfg.lr_policy, epochs=cfg.epochs,
-                          min_lr=cfg.min_lr)
-    return Parts(depth=cfg.depth, model=model, net=net, optimizer=optimizer,
-                 scaler=dev.make_grad_scaler(rt.device, rt.precision),
-                 criterion=nn.CrossEntropyLoss().to(rt.device), schedule=schedule,
-                 precision=rt.precision, memory_format=memory_format)
+    schedule = LrSchedule(optimizer, schedule_spec(cfg, epoch_length))
+    mixing = mix_spec(cfg)
+    return Parts(model=model, net=net, optimizer=optimizer,
+                 scaler=prec.make_grad_scaler(rt.device, rt.precision),
+                 criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing).to(rt.device),
+                 eval_criterion=nn.CrossEntropyLoss().to(rt.device), schedule=schedule,
+                 precision=rt.precision, memory_format=memory_format,
+                 mix=BatchMix(mixing, num_classes, rt.device, cfg.seed, rt.rank)
+                 if mixing.enabled else None)
 
 
 class Update:
@@ -87,43 +104,46 @@ class Update:
     returns the detached loss and the logits."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                 device: torch.device, precision: dev.Precision,
-                 scaler: torch.amp.GradScaler | None, autocast_cache: bool = True) -> None:
+                 amp: prec.Amp, autocast_cache: bool = True) -> None:
         self.model, self.optimizer, self.criterion = model, optimizer, criterion
-        self.device, self.precision, self.scaler = device, precision, scaler
-        self.autocast_cache = autocast_cache
+        self.amp, self.autocast_cache = amp, autocast_cache
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        with dev.autocast(self.device, self.precision, self.autocast_cache):
+        with self.amp.autocast(self.autocast_cache):
             logits = self.model(images)
             loss = self.criterion(logits, targets)
-        if self.precision.backend == "apex":
-            dev.apex_backward(loss, self.optimizer)
-            self.optimizer.step()
-        elif self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        self.amp.backward_and_step(loss, self.optimizer)
         return loss.detach(), logits
 
 
-class TrainStep:
-    """ignite's process function: a batch onto the device, then the update (eagerly, or
-    through a captured graph when ``update`` is a GraphedStep)."""
+class Inputs:
+    """A training batch onto the device in the model's layout, then mixed (mixup/cutmix)
+    when the recipe mixes: all on the device, drawn per epoch (mixing.py)."""
 
-    def __init__(self, model: nn.Module, update: StepBody, device: torch.device,
-                 memory_format: torch.memory_format,
+    def __init__(self, device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 mix: BatchMix | None = None) -> None:
+        self.device, self.memory_format, self.mix = device, memory_format, mix
+
+    def __call__(self, engine: Engine, batch: Batch) -> Batch:
+        images, targets = prepare_batch(batch, self.device, self.memory_format)
+        if self.mix is not None:
+            images, targets = self.mix(images, targets, engine.state)
+        return images, targets
+
+
+class TrainStep:
+    """ignite's process function: the batch's inputs, then the update (eagerly, or through a
+    captured graph when ``update`` is a GraphedStep)."""
+
+    def __init__(self, model: nn.Module, update: StepBody, inputs: Inputs,
                  zero_grad: Callable[[], None] | None) -> None:
-        self.model, self.update, self.device = model, update, device
-        self.memory_format, self.zero_grad = memory_format, zero_grad
+        self.model, self.update, self.inputs, self.zero_grad = model, update, inputs, zero_grad
 
     def __call__(self, engine: Engine, batch: Batch) -> torch.Tensor:
         self.model.train()
-        images, targets = prepare_batch(batch, self.device, self.memory_format)
+        images, targets = self.inputs(engine, batch)
         if self.zero_grad is not None:
             self.zero_grad()
         loss, logits = self.update(images, targets)
@@ -132,11 +152,9 @@ class TrainStep:
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                    device: torch.device, precision: dev.Precision,
-                    scaler: torch.amp.GradScaler | None,
-                    memory_format: torch.memory_format = torch.contiguous_format) -> TrainStep:
-    update = Update(model, optimizer, criterion, device, precision, scaler)
-    return TrainStep(model, update, device, memory_format,
+                    amp: prec.Amp, inputs: Inputs | None = None) -> TrainStep:
+    update = Update(model, optimizer, criterion, amp)
+    return TrainStep(model, update, inputs or Inputs(amp.device),
                      lambda: optimizer.zero_grad(set_to_none=True))
 
 
@@ -144,18 +162,19 @@ def make_graphed_train_step(parts: Parts, device: torch.device,
                             api: dev.GraphApi | None) -> TrainStep:
     """The same step, captured once and replayed (see graph.py; it manages the gradients);
     ``api`` None runs every step eagerly through the same static buffers."""
-    update = Update(parts.net, parts.optimizer, parts.criterion, device, parts.precision,
-                    parts.scaler, autocast_cache=False)
-    return TrainStep(parts.net, GraphedStep(update, parts.optimizer, api), device,
-                     parts.memory_format, zero_grad=None)
+    update = Update(parts.net, parts.optimizer, parts.criterion,
+                    prec.Amp(device, parts.precision, parts.scaler), autocast_cache=False)
+    return TrainStep(parts.net, GraphedStep(update, parts.optimizer, api),
+                     Inputs(device, parts.memory_format, parts.mix), zero_grad=None)
 
 
 def build_trainer(parts: Parts, device: torch.device, graph: bool) -> Engine:
     if graph:
         return create_trainer(make_graphed_train_step(parts, device,
                                                       dev.graph_api(device, parts.precision)))
-    return create_trainer(make_train_step(parts.net, parts.optimizer, parts.criterion, device,
-                                          parts.precision, parts.scaler, parts.memory_format))
+    return create_trainer(make_train_step(parts.net, parts.optimizer, parts.criterion,
+                                          prec.Amp(device, parts.precision, parts.scaler),
+                                          Inputs(device, parts.memory_format, parts.mix)))
 
 
 def record_what_ran(engine: Engine, logits: torch.Tensor, images: torch.Tensor) -> None:
@@ -174,7 +193,7 @@ def create_trainer(train_step: Callable[[Engine, Batch], torch.Tensor]) -> Engin
 
 
 class EvalStep:
-    def __init__(self, model: nn.Module, device: torch.device, precision: dev.Precision,
+    def __init__(self, model: nn.Module, device: torch.device, precision: prec.Precision,
                  memory_format: torch.memory_format) -> None:
         self.model, self.device = model, device
         self.precision, self.memory_format = precision, memory_format
@@ -183,13 +202,13 @@ class EvalStep:
     def __call__(self, engine: Engine, batch: Batch) -> Batch:
         self.model.eval()
         images, targets = prepare_batch(batch, self.device, self.memory_format)
-        with dev.autocast(self.device, self.precision):
+        with prec.autocast(self.device, self.precision):
             logits = self.model(images)
         return logits.float(), targets
 
 
 def create_evaluator(model: nn.Module, criterion: nn.Module, device: torch.device,
-                     precision: dev.Precision,
+                     precision: prec.Precision,
                      memory_format: torch.memory_format = torch.contiguous_format) -> Engine:
     """top-1, top-5 and loss, accumulated on the device and all-reduced once at the end."""
     evaluator = Engine(EvalStep(model, device, precision, memory_format))

@@ -13,24 +13,16 @@ The last line on stdout: ``top1=<percent> top5=<percent> loss=<float> images=<co
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("TORCH_DEVICE_BACKEND_AUTOLOAD", "0")  # torch_npu only when asked for
+from ignite_rn50 import cli
+from ignite_rn50.config import Config
+from ignite_rn50.config_schema import build_parser, config_from_args
+from ignite_rn50.errors import UserError
 
-import ignite.distributed as idist  # noqa: E402
-import torch  # noqa: E402
-
-from ignite_rn50 import device as dev  # noqa: E402
-from ignite_rn50 import distributed, pipeline, weights  # noqa: E402
-from ignite_rn50.config import Config, build_parser, config_from_args  # noqa: E402
-from ignite_rn50.data import load_test_set, num_classes  # noqa: E402
-from ignite_rn50.engine import create_evaluator  # noqa: E402
-from ignite_rn50.errors import EXIT_USAGE, UserError  # noqa: E402
-from ignite_rn50.model import build_model  # noqa: E402
-from ignite_rn50.runtime import preflight  # noqa: E402
+PROG = "ignite_rn50.evaluate"
 
 
 @dataclass(frozen=True)
@@ -41,8 +33,8 @@ class EvalJob:
 
 def build_eval_parser() -> argparse.ArgumentParser:
     """The trainer's flags (a run's config.yaml applies as it is) plus --checkpoint."""
-    parser = build_parser(prog="python -m ignite_rn50.evaluate")
-    parser.description = "Evaluate a checkpoint (ours or mmcls 0.x) on the test split."
+    parser = build_parser(prog=f"python -m {PROG}", description="Evaluate a checkpoint (ours "
+                          "or mmcls 0.x) on the test split.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file to evaluate")
     return parser
 
@@ -55,43 +47,47 @@ TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": F
 def parse(argv: list[str] | None) -> EvalJob:
     args = vars(build_eval_parser().parse_args(argv))
     checkpoint = Path(args.pop("checkpoint")).expanduser()
-    return EvalJob(config_from_args(args, fixed=TRAINING_ONLY), checkpoint)
+    job = EvalJob(config_from_args(args, fixed=TRAINING_ONLY), checkpoint)
+    if not job.checkpoint.is_file():
+        raise UserError(f"--checkpoint {job.checkpoint}: no such file; pass an existing "
+                        "checkpoint")
+    return job
 
 
 def evaluate(local_rank: int, job: EvalJob) -> None:
-    """Per-process entry: a user error in one of several ranks ends it with status 2."""
-    try:
-        evaluate_shard(job)
-    except UserError as exc:
-        if idist.get_world_size() == 1:
-            raise
-        sys.stderr.write(f"ignite_rn50.evaluate: error: {exc}\n")
-        distributed.leave_group()
-        sys.exit(EXIT_USAGE)
-    distributed.release_process_objects()
+    """Per-process entry (see cli.rank_main)."""
+    cli.rank_main(PROG, evaluate_shard, job)
 
 
 def evaluate_shard(job: EvalJob) -> None:
     """This process's shard of the test set through the trainer's evaluator."""
+    import ignite.distributed as idist
+    import torch
+
+    from ignite_rn50 import device as dev
+    from ignite_rn50 import pipeline
+    from ignite_rn50 import precision as prec
+    from ignite_rn50.engine import create_evaluator
+
     cfg = job.cfg
     device_type = dev.resolve_device_type(cfg.device)
     device = dev.process_device(device_type, cfg.gpu_id)
     dev.configure_backends(device, idist.get_nproc_per_node())
-    precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
-    test = load_test_set(cfg.dataset, cfg.data, test_size=cfg.synthetic_test_size,
-                         num_classes=cfg.synthetic_classes, image_size=cfg.synthetic_image_size)
-    model = build_model(cfg.depth, test.num_classes)
-    weights.load_into(model, job.checkpoint, flag="--checkpoint")
+    precision = prec.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
+    test, model = load_test_and_model(job)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
     rank, world = idist.get_rank(), idist.get_world_size()
     batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
+    if rank == 0:
+        print(f"evaluating {job.checkpoint} on {len(test)} {cfg.dataset} test images, {device} "
+              f"x {world}", flush=True)
     batches = pipeline.device_eval_batches(test, device, batch, rank=rank, world_size=world,
                                            channels_last=cfg.channels_last)
     evaluator = create_evaluator(model, torch.nn.CrossEntropyLoss().to(device), device,
                                  precision, fmt)
     evaluator.run(batches)
-    images = len(range(rank, len(test), world))
+    images = sum(len(targets) for _, targets in batches)  # what this rank really evaluated
     if world > 1:
         images = int(idist.all_reduce(torch.tensor([float(images)], device=idist.device())))
     m = evaluator.state.metrics
@@ -100,27 +96,40 @@ def evaluate_shard(job: EvalJob) -> None:
               f"images={images}", flush=True)
 
 
+def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), torch lazily
+    """The test split and the model with the file's weights (a file that does not fit is one
+    UserError naming the first mismatching key)."""
+    from ignite_rn50 import weights
+    from ignite_rn50.data import load_test_set
+    from ignite_rn50.datasets import dataset_spec
+    from ignite_rn50.model import build_model
+    from ignite_rn50.pipeline import synthetic_sizes
+
+    cfg = job.cfg
+    test = load_test_set(dataset_spec(cfg.dataset), cfg.data, synthetic_sizes(cfg))
+    model = build_model(cfg.depth, test.num_classes)
+    weights.load_into(model, job.checkpoint, flag="--checkpoint")
+    return test, model
+
+
+def launch(job: EvalJob) -> None:
+    from ignite_rn50 import distributed, weights
+    from ignite_rn50.data import num_classes
+    from ignite_rn50.datasets import dataset_spec
+    from ignite_rn50.model import build_model
+    from ignite_rn50.pipeline import synthetic_sizes
+    from ignite_rn50.runtime import preflight
+
+    cfg = job.cfg
+    backend, _ = preflight(cfg, claim_output=False)
+    # a file that does not fit stops here, once, before any process starts
+    classes = num_classes(dataset_spec(cfg.dataset), synthetic_sizes(cfg))
+    weights.load_into(build_model(cfg.depth, classes), job.checkpoint, flag="--checkpoint")
+    distributed.launch(evaluate, job, distributed.Topology.of(cfg, backend))
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        job = parse(argv)
-        if not job.checkpoint.is_file():
-            raise UserError(f"--checkpoint {job.checkpoint}: no such file; pass an existing "
-                            "checkpoint")
-        cfg = job.cfg
-        backend, _ = preflight(cfg, claim_output=False)
-        # a file that does not fit stops here, once, before any process starts
-        weights.load_into(build_model(cfg.depth, num_classes(cfg.dataset, cfg.synthetic_classes)),
-                          job.checkpoint, flag="--checkpoint")
-        distributed.launch(evaluate, job, cfg, backend)
-    except UserError as exc:
-        sys.stderr.write(f"ignite_rn50.evaluate: error: {exc}\n")
-        return EXIT_USAGE
-    except torch.multiprocessing.ProcessRaisedException as exc:
-        sys.stderr.write(f"ignite_rn50.evaluate: an evaluation process failed:\n{exc}\n")
-        return 1
-    except torch.multiprocessing.ProcessExitedException as exc:
-        return exc.exit_code if exc.exit_code and exc.exit_code > 0 else 1
-    return 0
+    return cli.main(PROG, parse, launch, argv)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ uninterrupted run would have seen (exactly for the device pipeline; the torchvis
 replays the same images, with fresh augmentation draws from its workers).
 
 Augmentation is the reference one: random crop with 4 px zero padding (at 32x32), horizontal
-flip with p=0.5, normalisation by the CIFAR-100 mean/std. Both pipelines draw crop offsets uniformly
-from 0..8 and flips with rate 0.5, and give bit-identical evaluation inputs.
+flip with p=0.5, normalisation by the dataset's mean/std (``datasets.py``). Both pipelines
+draw crop offsets uniformly from 0..8 and flips with rate 0.5, and give bit-identical
+evaluation inputs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ignite_rn50 import device as dev
 from ignite_rn50.config import Config
-from ignite_rn50.data import CIFAR_MEAN, CIFAR_STD, ImageSet, ensure_cifar, load_datasets
+from ignite_rn50.data import ImageSet, SyntheticSizes, ensure_files, load_datasets
+from ignite_rn50.datasets import CIFAR100_MEAN, CIFAR100_STD, dataset_spec
 from ignite_rn50.errors import UserError
 
 PAD = 4  # at 32x32, the reference; smaller (synthetic) images pad in proportion
@@ -35,8 +37,25 @@ def pad_for(image_size: int) -> int:
     return max(1, PAD * image_size // 32)
 
 
-MEAN01 = [m / 255 for m in CIFAR_MEAN]
-STD01 = [s / 255 for s in CIFAR_STD]
+@dataclass(frozen=True)
+class Normalization:
+    """A dataset's per-channel statistics on 0-1 values, as torchvision's Normalize takes."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, data: ImageSet) -> Normalization:
+        return cls(tuple(m / 255 for m in data.mean), tuple(s / 255 for s in data.std))
+
+
+CIFAR100 = Normalization(tuple(m / 255 for m in CIFAR100_MEAN),
+                         tuple(s / 255 for s in CIFAR100_STD))
+
+
+def synthetic_sizes(cfg: Config) -> SyntheticSizes:
+    return SyntheticSizes(cfg.synthetic_train_size, cfg.synthetic_test_size,
+                          cfg.synthetic_classes, cfg.synthetic_image_size)
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -60,22 +79,22 @@ class TrainData(Protocol):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
 
 
-_STATS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+_STATS: dict[tuple[Normalization, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _stats(norm: Normalization, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean/std tensors made once per device: building them per batch is a blocking H2D copy."""
-    if device not in _STATS:
-        mean = torch.as_tensor(MEAN01, dtype=torch.float32, device=device)[:, None, None]
-        std = torch.as_tensor(STD01, dtype=torch.float32, device=device)[:, None, None]
-        _STATS[device] = (mean, std)
-    return _STATS[device]
+    if (norm, device) not in _STATS:
+        mean = torch.as_tensor(norm.mean, dtype=torch.float32, device=device)[:, None, None]
+        std = torch.as_tensor(norm.std, dtype=torch.float32, device=device)[:, None, None]
+        _STATS[norm, device] = (mean, std)
+    return _STATS[norm, device]
 
 
-def normalize(images: torch.Tensor) -> torch.Tensor:
+def normalize(images: torch.Tensor, norm: Normalization = CIFAR100) -> torch.Tensor:
     """uint8 -> float normalised, with exactly torchvision's ToTensor + Normalize arithmetic."""
     x = images.to(torch.float32).div(255)
-    mean, std = _stats(x.device)
+    mean, std = _stats(norm, x.device)
     return x.sub_(mean).div_(std)
 
 
@@ -96,6 +115,27 @@ def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) 
     return out.view(b, c, h, w)
 
 
+@dataclass(frozen=True)
+class Feed:
+    """How a rank draws its training batches: its place among the processes, the batch per
+    process, the seed its shard and epochs derive from, and the --max-iters cap."""
+
+    batch_size: int
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    max_batches: int | None = None
+
+    def batches_in(self, per_rank: int, total: int) -> int:
+        """Batches per epoch from ``per_rank`` images (every rank the same count)."""
+        if per_rank < self.batch_size:
+            raise ValueError(f"{total} training images over {self.world_size} process(es) "
+                             f"leave {per_rank} per process, fewer than the per-process batch "
+                             f"{self.batch_size}")
+        full = per_rank // self.batch_size
+        return min(full, self.max_batches) if self.max_batches else full
+
+
 def _shard(size: int, rank: int, world_size: int, seed: int) -> torch.Tensor:
     """This rank's fixed share of a seeded permutation; every rank gets the same count."""
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
@@ -109,22 +149,17 @@ class DeviceTrainData:
     no rank stores more than its share of the data (the torchvision path shards the same way).
     """
 
-    def __init__(self, data: ImageSet, device: torch.device, batch_size: int, *, rank: int,
-                 world_size: int, seed: int, max_batches: int | None = None,
+    def __init__(self, data: ImageSet, device: torch.device, feed: Feed,
                  channels_last: bool = False) -> None:
-        shard = _shard(len(data), rank, world_size, seed)
+        shard = _shard(len(data), feed.rank, feed.world_size, feed.seed)
         self.images = data.images[shard].to(device)
         self.labels = data.labels[shard].to(device)
-        self.device, self.batch_size, self.rank, self.seed = device, batch_size, rank, seed
+        self.device, self.batch_size, self.rank, self.seed = (device, feed.batch_size,
+                                                              feed.rank, feed.seed)
+        self.norm = Normalization.of(data)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # every rank gets the same number of batches (the smallest shard decides): DDP needs it
-        per_rank = len(data) // world_size
-        if per_rank < batch_size:
-            raise ValueError(f"{len(data)} training images over {world_size} process(es) leave "
-                             f"{per_rank} per process, fewer than the per-process batch "
-                             f"{batch_size}")
-        full = per_rank // batch_size
-        self.num_batches = min(full, max_batches) if max_batches else full
+        self.num_batches = feed.batches_in(len(data) // feed.world_size, len(data))
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -147,7 +182,7 @@ class DeviceTrainData:
         for b in range(start, self.num_batches):
             idx = perm[b * bs:(b + 1) * bs]
             images = crop_flip(self.images[idx], offsets[idx], flips[idx])
-            x = normalize(images).contiguous(memory_format=self.memory_format)
+            x = normalize(images, self.norm).contiguous(memory_format=self.memory_format)
             yield x, self.labels[idx]
 
 
@@ -157,7 +192,8 @@ def device_eval_batches(data: ImageSet, device: torch.device, batch_size: int, *
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     images = data.images[rank::world_size]
     labels = data.labels[rank::world_size]
-    return [(normalize(images[i:i + batch_size].to(device)).contiguous(memory_format=fmt),
+    norm = Normalization.of(data)
+    return [(normalize(images[i:i + batch_size].to(device), norm).contiguous(memory_format=fmt),
              labels[i:i + batch_size].to(device))
             for i in range(0, len(labels), batch_size)]
 
@@ -179,12 +215,14 @@ class _PILDataset(Dataset):
         return self.transform(Image.fromarray(self.images[i])), self.labels[i]
 
 
-def torchvision_transforms(image_size: int, train: bool):
+def torchvision_transforms(data: ImageSet, train: bool):
     from torchvision import transforms as T
 
-    tail = [T.ToTensor(), T.Normalize(MEAN01, STD01)]
+    norm = Normalization.of(data)
+    tail = [T.ToTensor(), T.Normalize(norm.mean, norm.std)]
     if not train:
         return T.Compose(tail)
+    image_size = data.image_size
     return T.Compose([T.RandomCrop(image_size, padding=pad_for(image_size)),
                       T.RandomHorizontalFlip()] + tail)
 
@@ -204,27 +242,22 @@ class _ResumableSampler(DistributedSampler):
 class LoaderTrainData:
     """torchvision's classic path: PIL transforms in DataLoader worker processes."""
 
-    def __init__(self, data: ImageSet, batch_size: int, *, rank: int, world_size: int,
-                 seed: int, num_workers: int, pin_memory: bool,
-                 max_batches: int | None = None) -> None:
-        shard = _shard(len(data), rank, world_size, seed)
-        own = ImageSet(data.images[shard], data.labels[shard], data.num_classes)
-        dataset = _PILDataset(own, torchvision_transforms(data.image_size, train=True))
+    def __init__(self, data: ImageSet, feed: Feed, *, num_workers: int,
+                 pin_memory: bool) -> None:
+        shard = _shard(len(data), feed.rank, feed.world_size, feed.seed)
+        own = ImageSet(data.images[shard], data.labels[shard], data.num_classes, data.mean,
+                       data.std)
+        dataset = _PILDataset(own, torchvision_transforms(data, train=True))
         self.sampler = _ResumableSampler(dataset, num_replicas=1, rank=0, shuffle=True,
-                                         seed=seed + rank, drop_last=True)
-        if len(self.sampler) < batch_size:
-            raise ValueError(f"{len(data)} training images over {world_size} process(es) "
-                             f"leave {len(self.sampler)} per process, fewer than the "
-                             f"per-process batch {batch_size}")
+                                         seed=feed.seed + feed.rank, drop_last=True)
+        self.num_batches = feed.batches_in(len(self.sampler), len(data))
         self.generator = torch.Generator()
-        self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler,
+        self.loader = DataLoader(dataset, batch_size=feed.batch_size, sampler=self.sampler,
                                  num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
                                  generator=self.generator,
                                  persistent_workers=False)
-        self.batch_size, self.rank, self.seed, self.num_workers = (batch_size, rank, seed,
-                                                                   num_workers)
-        full = len(self.sampler) // batch_size
-        self.num_batches = min(full, max_batches) if max_batches else full
+        self.batch_size, self.rank, self.seed, self.num_workers = (feed.batch_size, feed.rank,
+                                                                   feed.seed, num_workers)
         self.start_batch = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -247,7 +280,7 @@ class LoaderTrainData:
 
 def loader_eval_batches(data: ImageSet, batch_size: int, *, rank: int, world_size: int,
                         num_workers: int, pin_memory: bool) -> DataLoader:
-    dataset = _PILDataset(data, torchvision_transforms(data.image_size, train=False))
+    dataset = _PILDataset(data, torchvision_transforms(data, train=False))
     subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory)
@@ -273,29 +306,25 @@ def build_dataflow(cfg: Config, device: torch.device) -> Dataflow:
     if cfg.batch_size % world:  # --nproc runs were checked by the config; torchrun is here
         raise UserError(f"--batch-size {cfg.batch_size} is global and must divide evenly over "
                         f"the {world} processes of this job; use a multiple of {world}")
-    if cfg.dataset == "cifar100" and cfg.download:
+    spec = dataset_spec(cfg.dataset)
+    if spec.needs_files and cfg.download:
         with idist.one_rank_first():  # rank 0 downloads; the others find it (or fetch their own)
-            ensure_cifar(cfg.data)
-    train_set, test_set = load_datasets(
-        cfg.dataset, cfg.data, train_size=cfg.synthetic_train_size,
-        test_size=cfg.synthetic_test_size, num_classes=cfg.synthetic_classes,
-        image_size=cfg.synthetic_image_size)
+            ensure_files(spec, cfg.data)
+    train_set, test_set = load_datasets(spec, cfg.data, synthetic_sizes(cfg))
     batch = cfg.batch_size // world
     eval_batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
     on_device = cfg.data_pipeline == "device" or (cfg.data_pipeline == "auto" and fits_on_device(
         train_set, test_set, world, dev.free_memory(device)))
     shard = dict(rank=rank, world_size=world)
+    feed = Feed(batch, seed=cfg.seed, max_batches=cfg.max_iters, **shard)
     try:
         if on_device:
-            train: TrainData = DeviceTrainData(train_set, device, batch, seed=cfg.seed,
-                                               max_batches=cfg.max_iters,
-                                               channels_last=cfg.channels_last, **shard)
+            train: TrainData = DeviceTrainData(train_set, device, feed, cfg.channels_last)
             evals: Iterable = device_eval_batches(test_set, device, eval_batch,
                                                   channels_last=cfg.channels_last, **shard)
         else:
             pin = dev.pin_memory(device)
-            train = LoaderTrainData(train_set, batch, seed=cfg.seed, num_workers=cfg.num_workers,
-                                    pin_memory=pin, max_batches=cfg.max_iters, **shard)
+            train = LoaderTrainData(train_set, feed, num_workers=cfg.num_workers, pin_memory=pin)
             evals = loader_eval_batches(test_set, eval_batch, num_workers=cfg.num_workers,
                                         pin_memory=pin, **shard)
     except ValueError as exc:

@@ -1,19 +1,13 @@
-"""What a run tells people: the environment it ran in, log lines, summary.json, curves.png
-(rank 0 only).
+"""What a run leaves for people to read: summary.json and curves.png (written by rank 0).
 
-Experiment trackers (TensorBoard, ClearML) live in ``trackers.py``.
+The log and the environment lines are in ``environment.py``, experiment trackers
+(TensorBoard, ClearML) in ``trackers.py``.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
-import logging
 import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -21,103 +15,46 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ignite.distributed as idist
-import torch
-import torchvision
 
-log = logging.getLogger("ignite_rn50")
-
-
-def setup_logging(rank: int, log_file: Path | None) -> None:
-    """Rank 0 logs INFO to the console and to the run's text log; other ranks warnings only."""
-    log.handlers.clear()
-    log.propagate = False
-    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(fmt if rank == 0 else logging.Formatter(f"[rank {rank}] %(message)s"))
-    log.addHandler(console)
-    if log_file is not None:
-        file_handler = logging.FileHandler(log_file)
-        file_handler.setFormatter(fmt)
-        log.addHandler(file_handler)
-
-
-def command_line() -> str:
-    """This process's command as the user typed it (``python -m pkg.mod`` shows as such)."""
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(".py") and "ignite_rn50" in Path(argv[0]).parts:
-        argv = ["-m", f"ignite_rn50.{Path(argv[0]).stem}", *argv[1:]]
-    return shlex.join([Path(sys.executable).name, *argv])
-
-
-def installed_version(package: str, module: str) -> str | None:
-    """A package's version without importing it (apex loads CUDA/NPU extensions); None when
-    its module is not installed."""
-    if importlib.util.find_spec(module) is None:
-        return None
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "installed (version unknown)"
-
-
-def environment(device_info: dict[str, str], backend: str | None) -> dict[str, str]:
-    """Everything a bug report starts with: command, versions, device, backend."""
-    env = {"command": command_line(), "python": platform.python_version(),
-           "torch": torch.__version__, "torchvision": torchvision.__version__}  # build tags too
-    for package, module in (("pytorch-ignite", "ignite"), ("clearml", "clearml")):
-        env[package] = installed_version(package, module) or "not installed"
-    apex = installed_version("apex", "apex")
-    env.update(device_info, **({"apex": apex} if apex else {}))
-    env["backend"] = f"{backend} ({idist.get_world_size()} processes)" if backend else \
-        "none (1 process)"
-    return env
-
-
-def log_environment(env: dict[str, str]) -> None:
-    versions = ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "torchvision",
-                                                   "pytorch-ignite", "clearml", "torch_npu",
-                                                   "cann", "apex") if k in env)
-    log.info("command: %s", env["command"])
-    log.info("versions: %s", versions)
-    log.info("device: %s x %s, backend %s", env["device"], env["device_count"], env["backend"])
+from ignite_rn50 import rundir
+from ignite_rn50.events import RunEvents
+from ignite_rn50.loop import Loop, RunRecord
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """A reader (or a kill) never sees half a file: write beside it, then rename."""
+    """A reader (or a kill) never sees half a file: write beside it, then rename. A full disk
+    leaves the previous file as it was and is one line."""
+    text = json.dumps(data, indent=2) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if not rundir.is_out_of_space(exc, path.parent, len(text)):
+            raise
+        raise rundir.out_of_space(path.parent, path.name, len(text),
+                                  f"{path.name} keeps its previous version") from None
 
 
-class RunRecord:
-    """Per-epoch history; checkpointed with the run so curves cover a resumed run too."""
-
-    def __init__(self) -> None:
-        self.history: list[dict[str, Any]] = []
-
-    def add(self, row: dict[str, Any]) -> None:
-        self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self.history]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = [dict(r) for r in state["history"]]
-
-    @property
-    def best_top1(self) -> float | None:
-        values = [r["val_top1"] for r in self.history]
-        return max(values) if values else None
+def summary_facts(loop: Loop) -> dict[str, Any]:
+    """What summary.json says of the run itself (measurements are added as it goes)."""
+    cfg, rt, parts = loop.cfg, loop.rt, loop.parts
+    return {"world_size": rt.processes, "global_batch_size": loop.global_batch,
+            "device": str(rt.device), "device_type": rt.device.type,
+            "amp": parts.precision.describe(), "precision": parts.precision.explain(),
+            "optimizer": type(parts.optimizer).__name__, "depth": cfg.depth,
+            "dataset": cfg.dataset, "parameters": sum(p.numel() for p in parts.model.parameters()),
+            "epochs": cfg.epochs, "lr": cfg.lr, "lr_policy": cfg.lr_policy,
+            "input_pipeline": loop.data.kind, "graph": cfg.graph}
 
 
 @dataclass
 class RunSummary:
     """summary.json: the run's fixed facts plus what it has measured so far; rewritten
-    atomically by rank 0 after every epoch and at the end."""
+    atomically by rank 0 after every epoch's checkpoints (``EPOCH_SAVED``) and at the end."""
 
     path: Path
     facts: dict[str, Any]
@@ -125,6 +62,14 @@ class RunSummary:
     fps: Callable[[], float | None]
     best_checkpoint: Callable[[], Path | None]
     started: float  # time.perf_counter() at the start of this process
+
+    @classmethod
+    def attach(cls, loop: Loop, fps: Callable[[], float | None],
+               best_checkpoint: Callable[[], Path | None]) -> RunSummary:
+        summary = cls(loop.rt.out / "summary.json", summary_facts(loop), loop.record, fps,
+                      best_checkpoint, loop.rt.started)
+        loop.trainer.add_event_handler(RunEvents.EPOCH_SAVED, summary.write)
+        return summary
 
     def write(self, engine: Any) -> None:
         if idist.get_rank() != 0:
@@ -169,5 +114,12 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=90)
+    except OSError as exc:
+        if not rundir.is_out_of_space(exc, path.parent, 1_000_000):
+            raise
+        raise rundir.out_of_space(path.parent, path.name, 1_000_000, "the checkpoints are "
+                                  "intact") from None
+    finally:
+        plt.close(fig)

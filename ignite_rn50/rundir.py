@@ -1,4 +1,5 @@
-"""The output folder: one run writes into it at a time, and no run overwrites another's.
+"""The output folder: one run writes into it at a time, no run overwrites another's, and a
+full disk is one line.
 
 The process that owns the folder (the launcher of node 0, the one process of a single-process
 run, or global rank 0 under torchrun/SLURM) takes an exclusive OS lock (``flock``) on
@@ -20,11 +21,15 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
-from ignite_rn50.errors import UserError
+import torch
+
+from ignite_rn50.errors import OutOfSpace, UserError
 
 log = logging.getLogger("ignite_rn50")
 LOCK_NAME = ".ignite_rn50.lock"
@@ -95,3 +100,45 @@ def claim_output_dir(output_dir: str, resuming: bool) -> OutputDirLock | None:
     if lock is not None:
         lock.record_holder()
     return lock
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# torch.save reports a short write of its zip writer as RuntimeError, without the errno
+TORCH_SHORT_WRITE = ("unexpected pos", "file write failed", "No space left")
+
+
+def is_out_of_space(exc: BaseException, folder: Path, needed: int) -> bool:
+    """ENOSPC/EDQUOT, or torch's short write while the folder has less room than needed."""
+    if isinstance(exc, OSError) and exc.errno in SPACE_ERRNOS:
+        return True
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in TORCH_SHORT_WRITE):
+        return shutil.disk_usage(folder).free < needed
+    return False
+
+
+def tensor_bytes(obj: Any) -> int:
+    """About what saving ``obj`` takes: the bytes of the tensors in it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def out_of_space(folder: Path, name: str, needed: int, intact: str) -> OutOfSpace:
+    free = shutil.disk_usage(folder).free
+    return OutOfSpace(f"could not write {name}: {folder} is full (about {_size(needed)} "
+                      f"needed, {_size(free)} free); {intact}. Free some space, then rerun "
+                      "with --resume auto")

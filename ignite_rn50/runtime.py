@@ -15,9 +15,12 @@ import torch
 from ignite.utils import manual_seed
 
 from ignite_rn50 import device as dev
-from ignite_rn50 import distributed, reporting, rundir
-from ignite_rn50.config import Config, save_config
-from ignite_rn50.data import ensure_cifar, locate_cifar
+from ignite_rn50 import distributed, environment, rundir
+from ignite_rn50 import precision as prec
+from ignite_rn50.config import Config
+from ignite_rn50.config_schema import save_config
+from ignite_rn50.data import ensure_files, locate
+from ignite_rn50.datasets import dataset_spec
 from ignite_rn50.errors import UserError
 
 
@@ -26,9 +29,9 @@ class Runtime:
     """This process's place in the job and what it runs on."""
 
     rank: int
-    world_size: int
+    processes: int  # in the whole job (torch's world size)
     device: torch.device
-    precision: dev.Precision
+    precision: prec.Precision
     out: Path
     environment: dict[str, str]
     started: float
@@ -57,7 +60,7 @@ def preflight(cfg: Config, claim_output: bool = True
     backend = dev.backend_for(device_type, cfg.backend) if multi else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
+        precision = prec.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
     if cfg.graph:
         dev.graph_api(torch.device(device_type), precision)
         if precision.backend == "apex":
@@ -65,10 +68,11 @@ def preflight(cfg: Config, claim_output: bool = True
                             "the host: pass --amp-backend native or drop --graph")
     if cfg.compile:
         dev.compile_backend_available(device_type)
-    if cfg.dataset == "cifar100":
+    spec = dataset_spec(cfg.dataset)
+    if spec.needs_files:
         if cfg.download and not external:
-            ensure_cifar(cfg.data)  # here, once, before any rank reads it
-        locate_cifar(cfg.data)
+            ensure_files(spec, cfg.data)  # here, once, before any rank reads it
+        locate(spec, cfg.data)
     lock = None
     if claim_output and owns_output_dir(cfg.node_rank):
         lock = rundir.claim_output_dir(cfg.output_dir, resuming=cfg.resume is not None)
@@ -90,14 +94,14 @@ def setup_process(cfg: Config) -> Runtime:
     out = Path(cfg.output_dir).expanduser().resolve()
     if world > 1:
         idist.barrier()  # the folder's owner created it before the ranks started
-    reporting.setup_logging(rank, out / "train.log" if rank == 0 else None)
+    environment.setup_logging(rank, out / "train.log" if rank == 0 else None)
     manual_seed(cfg.seed + rank)
-    precision = dev.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend,
+    precision = prec.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend,
                                       cfg.loss_scale, cfg.opt_level)
-    env = reporting.environment(dev.describe_device(device),
+    env = environment.environment(dev.describe_device(device),
                                 idist.backend() if world > 1 else None)
     if rank == 0:
-        reporting.log_environment(env)
-        reporting.log.info("precision: %s", precision.explain())
+        environment.log_environment(env)
+        environment.log.info("precision: %s", precision.explain())
         save_config(cfg, out / "config.yaml")
     return Runtime(rank, world, device, precision, out, env, started)

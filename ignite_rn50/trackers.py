@@ -1,5 +1,10 @@
 """Experiment tracking on rank 0: ignite's TensorBoard and ClearML loggers, and the progress bar.
 
+``TRACKERS`` is the one list (``--loggers`` takes its names): each entry starts a tracker
+from a ``TrackerContext`` and returns an object with ignite's ``logger`` and a ``close``.
+This module imports ignite and clearml only inside its functions: ``config.py`` reads the
+names at ``--help`` time, before torch loads.
+
 ClearML: one task per run, created here on rank 0 only (ignite's ClearMLLogger then picks it
 up as ``Task.current_task()``). ``auto`` goes online when a server is configured, otherwise
 offline; an online server that cannot be reached, or that refuses the credentials, turns
@@ -13,22 +18,30 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
-import yaml
-from ignite.engine import Engine, Events
-from ignite.handlers import global_step_from_engine
-
-from ignite_rn50 import device as dev
-from ignite_rn50.config import Config
-from ignite_rn50.runtime import Runtime
+if TYPE_CHECKING:
+    from ignite.engine import Engine
 
 log = logging.getLogger("ignite_rn50")
 
 ITER_METRICS = ["loss", "lr"]
 EPOCH_METRICS = ["epoch_loss", "fps", "data_wait", "epoch_lr"]
 VAL_METRICS = ["top1", "top5", "loss"]
+
+
+@dataclass(frozen=True)
+class TrackerContext:
+    """What a tracker needs to know of the run."""
+
+    out: Path
+    environment: dict[str, str]
+    config_groups: dict[str, dict[str, Any]]  # hyperparameters by section
+    config_text: str  # the resolved config as YAML
+    clearml: dict[str, Any] = field(default_factory=dict)  # mode, project, task, tags
+    gpu_monitor: bool = False  # the device is an NVIDIA GPU (ClearML's GPU probe works)
 
 
 # --- ClearML internals (clearml 2.1) ------------------------------------------------------------
@@ -97,25 +110,29 @@ def probe_clearml_server(timeout: float = 5.0) -> str | None:
     return None
 
 
-class Tracking:
-    """The loggers of one run and the ClearML task, if any; ``close`` finishes them."""
+class TensorBoardTracker:
+    def __init__(self, ctx: TrackerContext) -> None:
+        from ignite.handlers.tensorboard_logger import TensorboardLogger
 
-    def __init__(self) -> None:
-        self.loggers: list[Any] = []
-        self.task: Any = None
-        self.offline = False
+        self.logger = TensorboardLogger(log_dir=str(ctx.out / "tensorboard"))
 
     def close(self, out: Path, best_checkpoint: Path | None) -> None:
-        if self.task is not None:
-            self._finish_task(out, best_checkpoint)
-        for logger in self.loggers:
-            logger.close()
-        self.loggers.clear()
+        self.logger.close()
 
-    def _finish_task(self, out: Path, best_checkpoint: Path | None) -> None:
+
+class ClearMLTracker:
+    """A ClearML task (online, or an offline session) and ignite's ClearMLLogger on it."""
+
+    def __init__(self, ctx: TrackerContext) -> None:
+        from ignite.handlers.clearml_logger import ClearMLLogger
+
+        self.task, self.offline = _start_clearml(ctx)
+        self.logger = ClearMLLogger()
+
+    def close(self, out: Path, best_checkpoint: Path | None) -> None:
         from clearml import OutputModel
 
-        task, self.task = self.task, None
+        task = self.task
         if best_checkpoint is not None and best_checkpoint.is_file():
             model = OutputModel(task=task, name="best", framework="PyTorch")
             if task.is_offline():
@@ -129,17 +146,15 @@ class Tracking:
                                      wait_on_upload=True)
         folder = task.get_offline_mode_folder() if self.offline else None
         task.close()
+        self.logger.close()
         if folder is not None:
             log.info("ClearML offline session: %s.zip; import it into a server with "
                      "python -c \"from clearml import Task; Task.import_offline_session("
                      "'%s.zip')\"", folder, folder)
 
 
-def _start_clearml(cfg: Config, out: Path, tracking: Tracking, environment: dict[str, str],
-                   gpu_monitor: bool) -> None:
-    from clearml import Task
-
-    mode = cfg.clearml_mode
+def _clearml_mode(requested: str) -> str:
+    mode = requested
     if mode == "auto":
         mode = "online" if clearml_configured() else "offline"
     if mode == "online":
@@ -148,57 +163,89 @@ def _start_clearml(cfg: Config, out: Path, tracking: Tracking, environment: dict
             log.warning("warning: ClearML server %s; reporting to an offline session instead",
                         problem)
             mode = "offline"
-    tracking.offline = mode == "offline"
-    Task.set_offline(tracking.offline)
+    return mode
+
+
+def _start_clearml(ctx: TrackerContext) -> tuple[Any, bool]:
+    """(task, offline)."""
+    from clearml import Task
+
+    opts = ctx.clearml
+    offline = _clearml_mode(opts["mode"]) == "offline"
+    Task.set_offline(offline)
     use_report_threads()
-    kwargs = dict(project_name=cfg.clearml_project, task_name=cfg.clearml_task or out.name,
-                  tags=list(cfg.clearml_tags) or None, reuse_last_task_id=False,
+    kwargs = dict(project_name=opts["project"], task_name=opts["task"] or ctx.out.name,
+                  tags=list(opts["tags"]) or None, reuse_last_task_id=False,
                   auto_connect_frameworks={"pytorch": False, "tensorboard": False,
                                            "matplotlib": False},
                   auto_connect_arg_parser=False,
-                  auto_resource_monitoring=True if gpu_monitor else machine_monitor_class())
+                  auto_resource_monitoring=True if ctx.gpu_monitor else machine_monitor_class())
     try:
         task = Task.init(**kwargs)
     except Exception as exc:  # noqa: BLE001 - any online failure: keep training, go offline
-        if tracking.offline:
+        if offline:
             raise
         log.warning("warning: ClearML server refused the task (%s); reporting to an offline "
                     "session instead", type(exc).__name__)
-        tracking.offline = True
+        offline = True
         Task.set_offline(True)
         task = Task.init(**kwargs)
-    for section, values in cfg.groups().items():
+    for section, values in ctx.config_groups.items():
         task.connect(values, name=section)
-    task.connect(dict(environment), name="environment")
-    task.get_logger().report_text("\n".join(f"{k}: {v}" for k, v in environment.items()),
+    task.connect(dict(ctx.environment), name="environment")
+    task.get_logger().report_text("\n".join(f"{k}: {v}" for k, v in ctx.environment.items()),
                                   print_console=False)
-    task.set_configuration_object(name="resolved config", config_text=yaml.safe_dump(
-        cfg.as_dict(), sort_keys=False), config_type="yaml")
-    tracking.task = task
+    task.set_configuration_object(name="resolved config", config_text=ctx.config_text,
+                                  config_type="yaml")
+    return task, offline
 
 
-def start(cfg: Config, rt: Runtime, trainer: Engine, evaluator: Engine) -> Tracking:
-    tracking = Tracking()
-    if not rt.is_main:
-        return tracking
-    out = rt.out
-    if "tensorboard" in cfg.loggers:
-        from ignite.handlers.tensorboard_logger import TensorboardLogger
+@dataclass(frozen=True)
+class TrackerSpec:
+    start: Callable[[TrackerContext], Any]
+    wanted: Callable[[dict[str, Any]], bool] = lambda clearml: True  # noqa: E731
 
-        tracking.loggers.append(TensorboardLogger(log_dir=str(out / "tensorboard")))
-    if "clearml" in cfg.loggers and cfg.clearml_mode != "off":
-        from ignite.handlers.clearml_logger import ClearMLLogger
 
-        _start_clearml(cfg, out, tracking, rt.environment, dev.gpu_monitor_works(rt.device))
-        tracking.loggers.append(ClearMLLogger())
-    epoch_step = global_step_from_engine(trainer, Events.EPOCH_COMPLETED)
-    for logger in tracking.loggers:
-        logger.attach_output_handler(trainer, Events.ITERATION_COMPLETED(every=cfg.print_freq),
-                                     tag="train", metric_names=ITER_METRICS)
-        logger.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="epoch",
-                                     metric_names=EPOCH_METRICS, global_step_transform=epoch_step)
+TRACKERS: dict[str, TrackerSpec] = {
+    "tensorboard": TrackerSpec(TensorBoardTracker),
+    "clearml": TrackerSpec(ClearMLTracker, wanted=lambda clearml: clearml["mode"] != "off"),
+}
+
+
+class Tracking:
+    """The trackers of one run; ``close`` finishes them (the ClearML task uploads the best
+    checkpoint, summary.json and curves.png first)."""
+
+    def __init__(self, trackers: list[Any] | None = None) -> None:
+        self.trackers = trackers or []
+
+    def close(self, out: Path, best_checkpoint: Path | None) -> None:
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close(out, best_checkpoint)
+
+
+def start(names: list[str], ctx: TrackerContext, trainer: Engine, evaluator: Engine
+          ) -> Tracking:
+    """Start the named trackers (rank 0 calls this) and attach their output handlers to the
+    run's events: the logged iterations, the evaluated epochs, and the evaluator's result."""
+    from ignite.engine import Events
+
+    from ignite_rn50.events import RunEvents
+
+    tracking = Tracking([TRACKERS[name].start(ctx) for name in names
+                         if TRACKERS[name].wanted(ctx.clearml)])
+    epoch = lambda *_: trainer.state.epoch  # noqa: E731
+    for tracker in tracking.trackers:
+        logger = tracker.logger
+        logger.attach_output_handler(trainer, RunEvents.ITERATION_LOGGED, tag="train",
+                                     metric_names=ITER_METRICS,
+                                     global_step_transform=lambda *_: trainer.state.iteration)
+        logger.attach_output_handler(trainer, RunEvents.EPOCH_EVALUATED, tag="epoch",
+                                     metric_names=EPOCH_METRICS, global_step_transform=epoch)
+        # the evaluator's metrics complete before any handler attached after its creation
         logger.attach_output_handler(evaluator, Events.COMPLETED, tag="val",
-                                     metric_names=VAL_METRICS, global_step_transform=epoch_step)
+                                     metric_names=VAL_METRICS, global_step_transform=epoch)
     return tracking
 
 

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shared body of the eight ModelZoo scripts test/train_{full,performance}_{1p,8p}[_bs32].sh.
-# A script sets MODE (full | performance), RANK_SIZE (1 | 8) and BATCH_PER_DEVICE (16 | 32),
-# sources this file and calls `modelzoo_main "$@"`. Works from the repo root, from test/ or
+# A script sets MODE (full | performance), RANK_SIZE (1 | 8), BATCH_PER_DEVICE and RECIPE (a
+# file in configs/), sources this file and calls `modelzoo_main "$@"`. Works from the repo root, from test/ or
 # from anywhere: the repository is found from this file's location, and the current folder
 # is left alone (relative paths in the arguments mean what they mean to the caller).
 #
@@ -70,129 +70,23 @@ _modelzoo_error() {
     echo "error: $*" >&2
 }
 
-# Prints three lines: global batch, number of processes, absolute trainer output dir, as the
-# trainer will resolve them from "$@" with its own parser and --config file, before its value
-# checks (so that a run refused for another value still has its CaseName). If the arguments do
-# not even parse, the last value of each flag among them is taken.
-_modelzoo_resolve() {
-    PYTHONPATH="$MODELZOO_REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" - "$@" <<'PY'
-import contextlib
-import io
-import os
-import sys
-
-args = sys.argv[1:]
-try:
-    from ignite_rn50.config import FIELDS, build_parser, load_yaml
-
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        values = vars(build_parser().parse_args(args))
-        values = {**(load_yaml(values.pop("config")) if "config" in values else {}), **values}
-    get = lambda name: values.get(name, FIELDS[name].default)  # noqa: E731
-    batch, processes = get("batch_size"), get("nproc") * get("world_size")
-    out = get("output_dir")
-except (Exception, SystemExit):
-    last = {"--batch-size": None, "--nproc": None, "--world-size": "1", "--output-dir": None}
-    for i, arg in enumerate(args):
-        flag, eq, value = arg.partition("=")
-        if flag in last:
-            if eq:
-                last[flag] = value
-            elif i + 1 < len(args):
-                last[flag] = args[i + 1]
-    batch = last["--batch-size"]
-    try:
-        processes = int(last["--nproc"]) * int(last["--world-size"])
-    except (TypeError, ValueError):
-        processes = None
-    out = last["--output-dir"]
-print("" if batch is None else batch)
-print("" if processes is None else processes)
-print(os.path.abspath(os.path.expanduser(str(out))))
-PY
-}
-
-# Reads summary.json and train_loss.csv, writes the package's files (each atomically) and
-# prints the ModelZoo lines.
-_modelzoo_report() {
-    "$PYTHON" - "$@" <<'PY'
-import csv
-import json
-import os
-import platform
-import sys
-
-summary_path, stamp, log_dir, network, mode = sys.argv[1:6]
-run_dir = os.path.dirname(summary_path)
-if not os.path.isfile(summary_path) or os.path.getmtime(summary_path) < os.path.getmtime(stamp):
-    sys.exit(f"error: the trainer exited 0 but wrote no summary.json for this run in "
-             f"{run_dir}; no CaseName log written")
-with open(summary_path) as fh:
-    s = json.load(fh)
-if not s.get("epochs_completed") or s.get("best_top1") is None:
-    sys.exit(f"error: the run completed no epoch ({summary_path}); no CaseName log written")
-if s["epochs_completed"] < s.get("epochs", 0):
-    sys.exit(f"error: the run stopped after {s['epochs_completed']} of {s['epochs']} epochs "
-             f"(interrupted; resume it with --resume auto); no CaseName log written")
-batch, ranks, fps = int(s["global_batch_size"]), int(s["world_size"]), s.get("fps")
-case = f"{network}_bs{batch}_{ranks}p_acc"
-
-
-def write(name, lines):
-    path = os.path.join(log_dir, name)
-    with open(path + ".tmp", "w") as fh:
-        fh.writelines(f"{line}\n" for line in lines)
-    os.replace(path + ".tmp", path)
-    return path
-
-
-fps_text = f"{fps:.2f}" if fps else "n/a"
-accuracy = f"{100 * s['best_top1']:.2f}"
-e2e = str(round(s["e2e_seconds"]))
-values = [("Network", network), ("RankSize", ranks), ("BatchSize", batch),
-          ("DeviceType", platform.machine()), ("CaseName", case), ("ActualFPS", fps_text),
-          ("TrainingTime", f"{batch * 1000 / fps:.2f}" if fps else "n/a"),
-          ("TrainAccuracy", accuracy),
-          ("ActualLoss", f"{s['final_loss']:.4f}" if s.get("final_loss") is not None else "n/a"),
-          ("E2ETrainingTime", e2e)]
-with open(os.path.join(run_dir, "train_loss.csv")) as fh:
-    losses = [row["loss"] for row in csv.DictReader(fh)]
-write(f"train_{case}_loss.txt", losses)
-if mode == "full":
-    history = s["history"]
-    train_time = sum(r.get("train_seconds", 0.0) for r in history)  # older runs lack it
-    eval_time = sum(r["eval_seconds"] for r in history)
-    images = s["iterations"] * batch
-    rates = [r["fps"] for r in history if r.get("fps")]
-    write(f"train_{case}_perf_report.log", [
-        f"train_training_time : {train_time:.3f}", f"train_eval_time : {eval_time:.3f}",
-        f"total_time : {s['e2e_seconds']:.3f}",
-        f"training maximum images/sec : {max(rates):.2f}" if rates else
-        "training maximum images/sec : n/a",
-        f"training average images/sec : {images / train_time:.2f}" if train_time else
-        "training average images/sec : n/a",
-        f"end to end average images/sec : {images / s['e2e_seconds']:.2f}"])
-path = write(f"{case}.log", [f"{key} = {value}" for key, value in values])
-print(f"Final Performance images/sec : {fps_text}")
-print(f"Final Train Accuracy : {accuracy}")
-print(f"E2E Training Duration sec : {e2e}")
-print(f"{case}: {path}")
-PY
+# The Python side (resolving the trainer's arguments, writing the package's files) is
+# `python -m ignite_rn50.modelzoo`; see its docstring.
+_modelzoo_py() {
+    PYTHONPATH="$MODELZOO_REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m ignite_rn50.modelzoo "$@"
 }
 
 modelzoo_main() {
-    local recipe batch ranks data_path="" have_data_path=0 user_has_data=0 user_resume=0 help=0
+    local batch ranks data_path="" have_data_path=0 user_has_data=0 user_resume=0 help=0
     local -a user_args=() args=()
     case "${MODE:-}" in
         full|performance) ;;
         *) _modelzoo_error "MODE must be full or performance, got '${MODE:-}'"; return 2 ;;
     esac
-    case "${BATCH_PER_DEVICE:-}" in
-        16) recipe=resnet50_cifar100.yaml ;;
-        32) recipe=resnet50_cifar100_cos.yaml ;;
-        *) _modelzoo_error "BATCH_PER_DEVICE must be 16 or 32, got '${BATCH_PER_DEVICE:-}'"
-           return 2 ;;
-    esac
+    if [ ! -f "$MODELZOO_REPO/configs/${RECIPE:-}" ]; then
+        _modelzoo_error "RECIPE must name a file in configs/, got '${RECIPE:-}'"
+        return 2
+    fi
     ranks="${RANK_SIZE:?RANK_SIZE is not set}"
     batch=$((RANK_SIZE * ${BATCH_PER_DEVICE:?BATCH_PER_DEVICE is not set}))
 
@@ -244,7 +138,7 @@ modelzoo_main() {
     local run_dir="$log_dir/train_${MODE}_${RANK_SIZE}p_bs${BATCH_PER_DEVICE}"
     local train_log="$log_dir/train_${ASCEND_DEVICE_ID}.log"
 
-    args=(--config "$MODELZOO_REPO/configs/$recipe" --batch-size "$batch" --nproc "$RANK_SIZE")
+    args=(--config "$MODELZOO_REPO/configs/$RECIPE" --batch-size "$batch" --nproc "$RANK_SIZE")
     if [ "$RANK_SIZE" -eq 1 ]; then args+=(--gpu-id "$ASCEND_DEVICE_ID"); fi
     if [ "$MODE" = performance ]; then args+=(--epochs 2); fi
     args+=(--output-dir "$run_dir")
@@ -257,7 +151,7 @@ modelzoo_main() {
 
     # What the trainer will really use (the arguments may override batch, --nproc, output).
     local resolved eff_batch eff_ranks eff_out
-    resolved="$(_modelzoo_resolve "${args[@]}")"
+    resolved="$(_modelzoo_py resolve "${args[@]}")"
     { read -r eff_batch; read -r eff_ranks; read -r eff_out; } <<<"$resolved"
     if [ -f "$eff_out/.ignite_rn50.lock" ] && command -v flock >/dev/null \
         && ! flock -n "$eff_out/.ignite_rn50.lock" true; then
@@ -301,7 +195,7 @@ modelzoo_main() {
             "full log: $train_log"
         return "$status"
     fi
-    _modelzoo_report "$eff_out/summary.json" "$stamp" "$log_dir" "$MODELZOO_NETWORK" "$MODE"
+    _modelzoo_py report "$eff_out/summary.json" "$stamp" "$log_dir" "$MODE"
     status=$?
     rm -f "$stamp"
     return "$status"

@@ -84,6 +84,53 @@ def write_cifar(root: Path, n_train: int = 64, n_test: int = 32, seed: int = 0,
     return folder
 
 
+def write_cifar10(root: Path, per_batch: int = 16, n_test: int = 24, seed: int = 0) -> Path:
+    """Real cifar-10-batches-py pickles (data_batch_1..5, test_batch, batches.meta, key
+    'labels'), small; labels 0..9, images with a class-dependent brightness so a short run
+    can learn them."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        n = n_test if name == "test_batch" else per_batch
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 40, (n, 3072)) + (labels[:, None] * 20)
+        obj = {"batch_label": name, "labels": labels.tolist(),
+               "data": data.astype(np.uint8), "filenames": [f"{name}_{i}.png" for i in range(n)]}
+        with open(folder / name, "wb") as fh:
+            pickle.dump(obj, fh)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch":
+                     per_batch, "num_vis": 3072}, fh)
+    return folder
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path):
+    """A small RAM file system of our own (root and mount(8) needed; skipped elsewhere):
+    ``tmpfs(size)`` mounts it, ``tmpfs.resize(size)`` remounts it larger."""
+    mounts: list[Path] = []
+
+    class Mount:
+        def __call__(self, size: str) -> Path:
+            path = tmp_path / f"tmpfs{len(mounts)}"
+            path.mkdir()
+            proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                                   str(path)], capture_output=True, text=True)
+            if proc.returncode:
+                pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()})")
+            mounts.append(path)
+            return path
+
+        def resize(self, path: Path, size: str) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+    yield Mount()
+    for path in mounts:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
     write_cifar(tmp_path / "data")

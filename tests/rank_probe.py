@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from ignite_rn50 import distributed, run
-from ignite_rn50.config import parse_config
+from ignite_rn50 import distributed, training
+from ignite_rn50.config_schema import parse_config
 from ignite_rn50.runtime import preflight
 
 
@@ -30,13 +30,14 @@ def _record_threads(path: Path) -> None:
 def train_and_record(local_rank: int, job: tuple) -> None:
     cfg, probe_dir = job
     atexit.register(_record_threads, Path(probe_dir) / f"rank{local_rank}.txt")
-    run.train(local_rank, cfg)
+    training.train(local_rank, cfg)
 
 
 def main(argv: list[str]) -> int:
     probe_dir, cfg = argv[0], parse_config(argv[1:])
     backend, _lock = preflight(cfg)
-    distributed.launch(train_and_record, (cfg, probe_dir), cfg, backend)
+    distributed.launch(train_and_record, (cfg, probe_dir),
+                       distributed.Topology.of(cfg, backend))
     return 0
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ignite_rn50.config import FIELDS, Config, load_yaml, parse_config, save_config
+from ignite_rn50.config import FIELDS, flag
+from ignite_rn50.config_schema import load_yaml, parse_config, save_config
 from ignite_rn50.errors import UserError
 
-from .conftest import REPO, assert_one_line_error, run_cli
+from .conftest import REPO, assert_one_line_error, base_env, run_cli
 
 
 def test_reference_config_is_the_seed_recipe() -> None:
@@ -77,10 +81,18 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["loss_scale"] == 1024.0
 
 
-def test_config_is_frozen() -> None:
-    cfg = Config(dataset="synthetic")
-    with pytest.raises(AttributeError):
-        cfg.lr = 1.0  # type: ignore[misc]
+def test_world_size_means_nodes_in_yaml_flags_and_saved_config(tmp_path: Path) -> None:
+    """The package's --world-size counts nodes: the attribute is ``nodes``, the YAML key and
+    the flag stay ``world_size`` / ``--world-size`` (older config.yaml files load)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: synthetic\nworld_size: 2\nnproc: 4\nbatch_size: 64\n")
+    cfg = parse_config(["--config", str(path)])
+    assert (cfg.nodes, cfg.nproc, cfg.processes) == (2, 4, 8)
+    assert parse_config(["--dataset", "synthetic", "--world-size", "4", "--node-rank",
+                         "2"]).nodes == 4
+    save_config(cfg, tmp_path / "saved.yaml")
+    saved = yaml.safe_load((tmp_path / "saved.yaml").read_text())
+    assert saved["world_size"] == 2 and "nodes" not in saved
 
 
 def test_help_lists_every_flag_with_default() -> None:
@@ -88,13 +100,38 @@ def test_help_lists_every_flag_with_default() -> None:
     assert proc.returncode == 0
     text = " ".join(proc.stdout.split())
     for name in FIELDS:
-        flag = "--" + name.replace("_", "-")
-        assert flag in text, flag
+        assert flag(name) in text, flag(name)
     for seed_flag in ("--device", "--gpu-id", "--seed", "--world-size", "--amp", "--momentum",
                       "--weight-decay", "--batch-size", "--lr", "--epochs", "--data",
                       "--print-freq", "--addr", "--nproc"):
         assert seed_flag in text
     assert text.count("(default:") >= len(FIELDS)
+    # each option states its default once (argparse's own would repeat ours)
+    options = [" ".join(entry.split()) for entry in
+               re.split(r"\n  (?=-)", proc.stdout.split("options:", 1)[1])]
+    assert not [o for o in options if o.count("default") > 1 and "(default:" in o], options
+    for name, shown in (("--gpu-id", "the process's local rank"), ("--loss-scale", "dynamic"),
+                        ("--eval-batch-size", "--batch-size"), ("--amp", "on for npu/cuda")):
+        entry = next(o for o in options if re.match(re.escape(name) + "[ ,]", o))
+        assert f"(default: {shown}" in entry, entry
+
+
+def test_help_and_a_mistyped_flag_answer_without_torch() -> None:
+    """--help and a wrong flag parse before anything heavy is imported: torch, ignite and
+    numpy never load (importing them is seconds on a loaded machine)."""
+    code = ("import sys; from ignite_rn50 import run, evaluate; import contextlib, io\n"
+            "for main, argv in ((run.main, ['--help']), (run.main, ['--epoch', '3']),\n"
+            "                   (evaluate.main, ['--help'])):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()), "
+            "contextlib.redirect_stderr(io.StringIO()):\n"
+            "        try:\n            main(argv)\n        except SystemExit as e:\n"
+            "            print(main.__module__, argv[0], e.code, file=sys.__stdout__)\n"
+            "print(sorted(m for m in ('torch', 'ignite', 'numpy') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], env=base_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.split("\n")[:4] == ["ignite_rn50.run --help 0",
+                                            "ignite_rn50.run --epoch 2",
+                                            "ignite_rn50.evaluate --help 0", "[]"], proc
 
 
 @pytest.mark.parametrize("args, needle", [

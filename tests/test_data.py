@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -10,10 +11,15 @@ import pytest
 import torch
 
 from ignite_rn50 import pipeline
-from ignite_rn50.data import CIFAR_MEAN, ImageSet, load_cifar, make_synthetic
+from ignite_rn50.data import ImageSet, load_datasets, make_synthetic
+from ignite_rn50.datasets import CIFAR100_MEAN, DATASETS
 from ignite_rn50.errors import UserError
 
-from .conftest import TINY, assert_one_line_error, run_cli, write_cifar
+from .conftest import TINY, assert_one_line_error, run_cli, write_cifar, write_cifar10
+
+
+def load_cifar(path: Path) -> tuple[ImageSet, ImageSet]:
+    return load_datasets(DATASETS["cifar100"], str(path), None)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("use_parent", [True, False])
@@ -151,8 +157,8 @@ def _offset_stats(batches: list[torch.Tensor]) -> tuple[np.ndarray, float]:
 
 
 def _uint8_from_normalized(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(pipeline.MEAN01).view(1, 3, 1, 1)
-    std = torch.tensor(pipeline.STD01).view(1, 3, 1, 1)
+    mean = torch.tensor(pipeline.CIFAR100.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pipeline.CIFAR100.std).view(1, 3, 1, 1)
     return ((x * std + mean) * 255).round().to(torch.int64)
 
 
@@ -160,11 +166,10 @@ def _uint8_from_normalized(x: torch.Tensor) -> torch.Tensor:
 def test_pipelines_draw_offsets_uniform_0_8_and_flip_half(kind: str) -> None:
     data = _column_images(2048)
     if kind == "device":
-        feed = pipeline.DeviceTrainData(data, torch.device("cpu"), 256, rank=0, world_size=1,
-                                        seed=3)
+        feed = pipeline.DeviceTrainData(data, torch.device("cpu"), pipeline.Feed(256, seed=3))
     else:
-        feed = pipeline.LoaderTrainData(data, 256, rank=0, world_size=1, seed=3,
-                                        num_workers=0, pin_memory=False)
+        feed = pipeline.LoaderTrainData(data, pipeline.Feed(256, seed=3), num_workers=0,
+                                        pin_memory=False)
     feed.set_epoch(1)
     batches = [_uint8_from_normalized(x) for x, _ in feed]
     offs, flip_rate = _offset_stats(batches)
@@ -187,7 +192,7 @@ def test_eval_inputs_identical_in_both_pipelines() -> None:
 
 
 def test_normalisation_statistics() -> None:
-    mean = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)
+    mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
     images = mean.round().to(torch.uint8).expand(4, 3, 8, 8)
     out = pipeline.normalize(images)
     assert out.abs().max() < 0.01  # the mean maps to ~0
@@ -197,7 +202,7 @@ def test_normalisation_statistics() -> None:
 
 def test_same_epoch_same_batches_other_epoch_differs() -> None:
     data = make_synthetic(256, 10, 8, split_seed=1)
-    feed = pipeline.DeviceTrainData(data, torch.device("cpu"), 32, rank=0, world_size=1, seed=0)
+    feed = pipeline.DeviceTrainData(data, torch.device("cpu"), pipeline.Feed(32))
     feed.set_epoch(2)
     first = [x.clone() for x, _ in feed]
     feed.set_epoch(2, start_batch=3)
@@ -215,13 +220,13 @@ def test_shards_are_disjoint_and_cover_evaluation_once() -> None:
     seen = torch.cat([torch.cat([y for _, y in pipeline.device_eval_batches(
         data, torch.device("cpu"), 16, rank=r, world_size=3)]) for r in range(3)])
     assert sorted(seen.tolist()) == list(range(101))
-    parts = [pipeline.DeviceTrainData(data, torch.device("cpu"), 8, rank=r, world_size=3,
-                                      seed=0) for r in range(3)]
+    parts = [pipeline.DeviceTrainData(data, torch.device("cpu"),
+                                      pipeline.Feed(8, rank=r, world_size=3)) for r in range(3)]
     owned = [set(p.labels.tolist()) for p in parts]
     assert all(len(o) == 33 for o in owned) and not (owned[0] & owned[1] | owned[1] & owned[2]
                                                      | owned[0] & owned[2])
-    loaders = [pipeline.LoaderTrainData(data, 8, rank=r, world_size=3, seed=0, num_workers=0,
-                                        pin_memory=False) for r in range(3)]
+    loaders = [pipeline.LoaderTrainData(data, pipeline.Feed(8, rank=r, world_size=3),
+                                        num_workers=0, pin_memory=False) for r in range(3)]
     assert [set(lo.loader.dataset.labels.tolist()) for lo in loaders] == owned
 
 
@@ -232,3 +237,69 @@ def test_auto_pipeline_falls_back_when_data_would_crowd_the_device() -> None:
     assert pipeline.fits_on_device(train, test, 1, 20_000_000)
     assert not pipeline.fits_on_device(train, test, 1, 16_000_000)
     assert pipeline.fits_on_device(train, test, 2, 10_000_000)  # each rank holds half
+
+
+# --- CIFAR-10, the second entry of the dataset registry ---------------------------------------
+
+def test_cifar10_reads_its_five_batches_with_its_statistics(tmp_path: Path) -> None:
+    folder = write_cifar10(tmp_path, per_batch=12, n_test=20)
+    spec = DATASETS["cifar10"]
+    for where in (tmp_path, folder):  # the folder itself or its parent
+        train, test = load_datasets(spec, str(where), None)  # type: ignore[arg-type]
+        assert (len(train), len(test), train.num_classes) == (60, 20, 10)
+    raw = pickle.load(open(folder / "data_batch_3", "rb"), encoding="latin1")
+    assert torch.equal(train.images[24:36].flatten(1), torch.from_numpy(raw["data"]))
+    assert train.labels[24:36].tolist() == raw["labels"]
+    norm = pipeline.Normalization.of(train)
+    assert norm.mean == pytest.approx((125.307 / 255, 122.961 / 255, 113.8575 / 255))
+    assert norm.std == pytest.approx((51.5865 / 255, 50.847 / 255, 51.255 / 255))
+    x = pipeline.device_eval_batches(test, torch.device("cpu"), 20, rank=0, world_size=1)[0][0]
+    expected = (test.images.float() / 255 - torch.tensor(norm.mean).view(1, 3, 1, 1)) / \
+        torch.tensor(norm.std).view(1, 3, 1, 1)
+    assert torch.allclose(x, expected, atol=1e-6)
+
+
+def test_cifar10_trains_and_evaluates_end_to_end(tmp_path: Path) -> None:
+    write_cifar10(tmp_path / "d", per_batch=32, n_test=40)
+    out = tmp_path / "run"
+    base = [*TINY, "--dataset", "cifar10", "--data", str(tmp_path / "d")]
+    proc = run_cli([*base, "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dataset"] == "cifar10" and summary["epochs_completed"] == 2
+    assert summary["iterations"] == 2 * (160 // 32)
+    state = torch.load(out / "checkpoint_2.pt", map_location="cpu", weights_only=True)
+    assert state["model"]["fc.weight"].shape == (10, 512)
+    done = run_cli(["--checkpoint", str(out / "checkpoint_2.pt"), "--config",
+                    str(out / "config.yaml")], module="ignite_rn50.evaluate")
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"top1={100 * summary['final_top1']:.4f} ") and last.endswith(
+        "images=40"), last
+
+
+def test_a_cifar10_folder_with_the_cifar100_flag_names_the_fix(tmp_path: Path) -> None:
+    write_cifar10(tmp_path / "d")
+    line = assert_one_line_error(run_cli([*TINY, "--dataset", "cifar100", "--data",
+                                          str(tmp_path / "d"), "--output-dir",
+                                          str(tmp_path / "o")]), "holds no CIFAR-100")
+    assert "it holds CIFAR-10: pass --dataset cifar10" in line
+
+
+def test_cifar10_download_offline_names_its_url(tmp_path: Path) -> None:
+    proc = run_cli(["--dataset", "cifar10", "--download", "--data", str(tmp_path / "dl"),
+                    "--device", "cpu", "--loggers", "--output-dir", str(tmp_path / "o")],
+                   timeout=240)
+    if proc.returncode == 0:
+        pytest.skip("this machine reached the internet")
+    line = assert_one_line_error(proc, "could not download CIFAR-10 from "
+                                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+    assert "cifar-10-python.tar.gz by hand" in line and "cifar-10-batches-py" in line
+
+
+def test_download_without_data_is_one_line(tmp_path: Path) -> None:
+    for dataset, folder in (("cifar100", "cifar-100-python"), ("cifar10", "cifar-10-batches-py")):
+        line = assert_one_line_error(run_cli(["--dataset", dataset, "--download", "--output-dir",
+                                              str(tmp_path / "o")]), "--download needs --data")
+        assert folder in line
+    assert not (tmp_path / "o").exists()

@@ -26,11 +26,12 @@ def _python(code: str, pythonpath: list[Path]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("name, call", [("torch_npu", "dev.import_torch_npu()"),
-                                        ("apex", "dev._import_apex()")])
+                                        ("apex", "prec._import_apex()")])
 def test_ctrl_c_during_an_optional_import_is_not_an_import_error(tmp_path: Path, name: str,
                                                                  call: str) -> None:
     root = _package(tmp_path, name, "raise KeyboardInterrupt\n")
-    proc = _python(f"from ignite_rn50 import device as dev\ntry:\n    {call}\n"
+    proc = _python("from ignite_rn50 import device as dev\nfrom ignite_rn50 import precision as "
+                   f"prec\ntry:\n    {call}\n"
                    "except KeyboardInterrupt:\n    print('interrupted')\n", [root])
     assert proc.stdout.strip() == "interrupted", proc.stderr[-2000:]
 
@@ -46,21 +47,22 @@ def test_torch_npu_that_exits_is_one_clear_error(tmp_path: Path) -> None:
 
 
 def test_apex_without_npufusedsgd_says_so_on_npu(tmp_path: Path) -> None:
-    """--amp-backend auto takes apex where it imports on an NPU (the seed's setting); an apex
-    without Ascend's NpuFusedSGD falls back to torch's SGD with one warning line."""
+    """--amp-backend auto takes apex where it imports on an NPU (the ModelZoo package's
+    setting); an apex without Ascend's NpuFusedSGD falls back to torch's SGD with one warning
+    line."""
     if not (STANDIN / "torch_npu" / "__init__.py").is_file():
         pytest.skip("../shared/npu-standin is absent")
     root = _package(tmp_path, "apex", "amp = None  # an apex without Ascend's optimizers\n")
     code = """
 import logging, torch
 from ignite_rn50 import device as dev
+from ignite_rn50 import precision as prec
 logging.basicConfig(format="%(message)s")
 dev.resolve_device_type("npu")
-p = dev.resolve_precision("npu", None, "auto", "auto", 1024.0, "O2")
+p = prec.resolve_precision("npu", None, "auto", "auto", 1024.0, "O2")
 print(p.backend, p.explain())
-opt = dev.make_optimizer([torch.nn.Parameter(torch.zeros(2, device="npu:0"))],
-                         torch.device("npu:0"), p, lr=0.1, momentum=0.9, weight_decay=0.0,
-                         nesterov=False)
+opt = prec.make_optimizer([torch.nn.Parameter(torch.zeros(2, device="npu:0"))],
+                         torch.device("npu:0"), p, prec.Sgd(0.1, 0.9, 0.0, False))
 print(type(opt).__name__)
 """
     proc = _python(code, [root, STANDIN])
@@ -68,4 +70,4 @@ print(type(opt).__name__)
     assert proc.stdout.split("\n")[:2] == ["apex apex.amp O2, static loss scale 1024", "SGD"]
     warnings = [line for line in proc.stderr.splitlines() if "NpuFusedSGD" in line]
     assert warnings == ["warning: this apex has no NpuFusedSGD (Ascend's apex has it); using "
-                        "torch.optim.SGD, which the seed did not"]
+                        "torch.optim.SGD, which the ModelZoo package did not"]

@@ -16,9 +16,9 @@ import torch
 
 from ignite_rn50 import pipeline
 from ignite_rn50.data import make_synthetic
-from ignite_rn50.device import Precision
 from ignite_rn50.engine import create_evaluator
 from ignite_rn50.model import build_model
+from ignite_rn50.precision import Precision
 
 from .conftest import REPO, TINY, base_env, free_port, model_state, read_summary, run_cli
 

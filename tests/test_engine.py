@@ -9,16 +9,20 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ignite_rn50 import device as dev
-from ignite_rn50 import handlers
+from ignite_rn50 import events, handlers
+from ignite_rn50 import precision as prec
 from ignite_rn50.engine import create_trainer, make_train_step
-from ignite_rn50.errors import UserError
+from ignite_rn50.errors import Diverged, NonFiniteLoss, UserError
 from ignite_rn50.model import build_model
+from ignite_rn50.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.signals import GracefulStop
 
 CPU = torch.device("cpu")
-FP32 = dev.Precision(False, None, "native")
+FP32 = prec.Precision(False, None, "native")
+AMP32 = prec.Amp(CPU, FP32)
 
 
 def _batches(n: int, bs: int = 8, size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -34,9 +38,8 @@ def test_first_steps_equal_plain_pytorch_loop() -> None:
     batches = _batches(5)
     kwargs = dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False)
 
-    optimizer = dev.make_optimizer(model.parameters(), CPU, FP32, **kwargs)
-    trainer = create_trainer(make_train_step(model, optimizer, nn.CrossEntropyLoss(), CPU,
-                                             FP32, None))
+    optimizer = prec.make_optimizer(model.parameters(), CPU, FP32, prec.Sgd(**kwargs))
+    trainer = create_trainer(make_train_step(model, optimizer, nn.CrossEntropyLoss(), AMP32))
     losses: list[float] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED,
                               lambda e: losses.append(e.state.output.item()))
@@ -57,46 +60,83 @@ def test_first_steps_equal_plain_pytorch_loop() -> None:
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
 
-class _HostReads(TorchDispatchMode):
-    """Every aten op that moves a tensor's value to the host (``.item()``, ``bool()``,
-    ``.tolist()``): on an accelerator each is a device sync."""
+# what brings a tensor's values to the host (on an accelerator each one waits for the device)
+HOST_READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__",
+              "__index__"}
 
-    def __init__(self, engine: Engine) -> None:
+
+class _HostReadCalls(TorchFunctionMode):
+    """Every Tensor method call that reads values on the host (on CPU tensors ``.cpu()`` and
+    ``.tolist()`` dispatch nothing, so only the call itself can be seen)."""
+
+    def __init__(self, engine: Engine, at: list[tuple[int, str]]) -> None:
         super().__init__()
-        self.engine, self.at_iterations = engine, []
+        self.engine, self.at = engine, at
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        name = getattr(func, "__name__", "")
+        if name in HOST_READS:
+            self.at.append((self.engine.state.iteration, name))
+        return func(*args, **(kwargs or {}))
+
+
+class _HostReads(TorchDispatchMode):
+    """Every aten op that moves a tensor's value to the host, whatever called it."""
+
+    def __init__(self, engine: Engine, at: list[tuple[int, str]]) -> None:
+        super().__init__()
+        self.engine, self.at = engine, at
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.item.default):
-            self.at_iterations.append(self.engine.state.iteration)
+            self.at.append((self.engine.state.iteration, str(func)))
         return func(*args, **(kwargs or {}))
+
+
+def test_host_read_detector_sees_every_kind_of_read() -> None:
+    engine = Engine(lambda e, b: None)
+    engine.state.iteration = 7
+    at: list[tuple[int, str]] = []
+    t = torch.arange(3.0)
+    with _HostReadCalls(engine, at), _HostReads(engine, at):
+        t.tolist()
+        t.cpu()
+        t.numpy()
+        float(t[0])
+        bool(t[1] > 0)
+        t[2].item()
+    names = {name for _, name in at}
+    assert {"tolist", "cpu", "numpy", "__float__", "__bool__", "item"} <= names
 
 
 def test_steps_read_nothing_back_between_print_points() -> None:
     """The step and every per-step handler of the trainer leave values on the device; the
     host reads them only at --print-freq points (and at the epoch end)."""
     model = build_model(18, 10)
-    opt = dev.make_optimizer(model.parameters(), CPU, FP32, lr=0.1, momentum=0.9,
-                             weight_decay=0.0, nesterov=False)
-    engine = create_trainer(make_train_step(model, opt, nn.CrossEntropyLoss(), CPU, FP32, None))
+    opt = prec.make_optimizer(model.parameters(), CPU, FP32, prec.Sgd(0.1, 0.9, 0.0, False))
+    engine = create_trainer(make_train_step(model, opt, nn.CrossEntropyLoss(), AMP32))
     handlers.FpsMeter(CPU, 8, warmup=2).attach(engine)
-    handlers.LrSchedule(opt, [1], 0.5, warmup_iters=3, warmup_factor=0.1).attach(engine)
+    LrSchedule(opt, ScheduleSpec(0.1, milestones=(1,), gamma=0.5, warmup_iters=3)).attach(engine)
     handlers.LossTracker(CPU, 4, lambda e, loss: None).attach(engine)
-    handlers.GracefulStop().attach(engine, every=4)
-    reads = _HostReads(engine)
-    engine.add_event_handler(Events.STARTED, lambda _: reads.__enter__())
-    engine.add_event_handler(Events.COMPLETED, lambda _: reads.__exit__(None, None, None))
+    GracefulStop().attach(engine, every=4)
+    at: list[tuple[int, str]] = []
+    modes = [_HostReadCalls(engine, at), _HostReads(engine, at)]
+    engine.add_event_handler(Events.STARTED, lambda _: [m.__enter__() for m in modes])
+    engine.add_event_handler(Events.COMPLETED,
+                             lambda _: [m.__exit__(None, None, None) for m in modes[::-1]])
     engine.run(_batches(8), max_epochs=1)
     assert isinstance(engine.state.output, torch.Tensor) and engine.state.output.ndim == 0
     assert not engine.state.output.requires_grad
     assert engine.state.step_dtype == torch.float32
-    assert reads.at_iterations, "the print points do read the loss"
-    assert set(reads.at_iterations) <= {4, 8}, reads.at_iterations
+    assert at, "the print points do read the loss"
+    assert {iteration for iteration, _ in at} <= {4, 8}, at
 
 
 def test_lr_values_at_epoch_boundaries_and_warmup() -> None:
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=0.1)
-    schedule = handlers.LrSchedule(opt, [2, 4], 0.2, warmup_iters=3, warmup_factor=0.1)
+    schedule = LrSchedule(opt, ScheduleSpec(0.1, milestones=(2, 4), gamma=0.2, warmup_iters=3,
+                                            warmup_factor=0.1))
     engine = Engine(lambda e, b: opt.step())
     schedule.attach(engine)
     seen: dict[tuple[int, int], float] = {}
@@ -113,7 +153,7 @@ def test_lr_values_at_epoch_boundaries_and_warmup() -> None:
     assert seen[(5, 9)] == pytest.approx(0.004)
 
 
-def _lrs_per_iteration(schedule: handlers.LrSchedule, opt: torch.optim.Optimizer,
+def _lrs_per_iteration(schedule: LrSchedule, opt: torch.optim.Optimizer,
                        iterations: int, epoch_length: int, start: dict | None = None
                        ) -> tuple[list[float], dict]:
     """The lr each step runs with, from a (resumed) trainer; and the state at the end."""
@@ -135,14 +175,14 @@ def _lrs_per_iteration(schedule: handlers.LrSchedule, opt: torch.optim.Optimizer
 def test_lr_schedule_with_warmup_resumes_mid_warmup(policy: str) -> None:
     """Saved after 2 epochs of 3 iterations with warm-up over 8: the resumed schedule goes on
     exactly as the uninterrupted one (warm-up and epoch policy)."""
-    def fresh() -> tuple[handlers.LrSchedule, torch.optim.Optimizer]:
+    def fresh() -> tuple[LrSchedule, torch.optim.Optimizer]:
         opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
-        return handlers.LrSchedule(opt, [2, 3], 0.5, warmup_iters=8, warmup_factor=0.1,
-                                   policy=policy, epochs=4, min_lr=0.0), opt
+        return LrSchedule(opt, ScheduleSpec(0.2, policy=policy, milestones=(2, 3), gamma=0.5,
+                                            epochs=4, warmup_iters=8, warmup_factor=0.1)), opt
 
     full, _ = _lrs_per_iteration(*fresh(), iterations=12, epoch_length=3)
     first, state = _lrs_per_iteration(*fresh(), iterations=6, epoch_length=3)
-    assert state["schedule"]["warmup"]["last_epoch"] < 8  # saved in the middle of warm-up
+    assert state["engine"]["iteration"] == 6 < 8  # saved in the middle of warm-up
     rest, _ = _lrs_per_iteration(*fresh(), iterations=12, epoch_length=3, start=state)
     assert first + rest == pytest.approx(full)
     assert full[0] == pytest.approx(0.02) and len(set(full)) > 6
@@ -152,8 +192,7 @@ def test_cosine_policy_is_mmcv_cosine_annealing_by_epoch() -> None:
     """mmcv CosineAnnealing(min_lr, by_epoch): epoch e (0-based) runs at
     min + (lr - min)(1 + cos(pi e / E)) / 2, the same for every step of the epoch."""
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
-    schedule = handlers.LrSchedule(opt, [60], 0.2, 0, 0.1, policy="cosine", epochs=200,
-                                   min_lr=0.0)
+    schedule = LrSchedule(opt, ScheduleSpec(0.2, policy="cosine", epochs=200, min_lr=0.0))
     lrs, _ = _lrs_per_iteration(schedule, opt, iterations=400, epoch_length=2)
     expected = [0.1 * (1 + math.cos(math.pi * e / 200)) for e in range(200)]
     assert lrs[::2] == pytest.approx(expected, rel=1e-9, abs=1e-12)
@@ -163,20 +202,52 @@ def test_cosine_policy_is_mmcv_cosine_annealing_by_epoch() -> None:
 
 def test_resume_refuses_another_lr_policy_or_horizon() -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
-    step = handlers.LrSchedule(opt, [60], 0.2, 0, 0.1).state_dict()
-    cosine = handlers.LrSchedule(opt, [], 0.2, 0, 0.1, policy="cosine", epochs=200)
+    step = LrSchedule(opt, ScheduleSpec(0.2, milestones=(60,))).state_dict()
+    cosine = LrSchedule(opt, ScheduleSpec(0.2, policy="cosine", epochs=200))
     with pytest.raises(UserError, match="--lr-policy step"):
         cosine.load_state_dict(step)
-    other = handlers.LrSchedule(opt, [], 0.2, 0, 0.1, policy="cosine", epochs=100)
+    other = LrSchedule(opt, ScheduleSpec(0.2, policy="cosine", epochs=100))
     with pytest.raises(UserError, match="over 200 epochs .* this run over 100"):
         other.load_state_dict(cosine.state_dict())
-    old = {"decay": step["decay"], "warmup": None}  # written before the policy option
-    handlers.LrSchedule(opt, [60], 0.2, 0, 0.1).load_state_dict(old)
+    LrSchedule(opt, ScheduleSpec(0.2, epochs=7)).load_state_dict(step)  # step: no horizon
+
+
+def test_resume_reads_the_schedule_state_of_earlier_versions() -> None:
+    """Checkpoints before this version hold torch schedulers' states (MultiStepLR or
+    CosineAnnealingLR under "decay", LinearLR or None under "warmup"); before the cosine
+    policy they had no "policy" key."""
+    sched = torch.optim.lr_scheduler
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
+    multistep = {"decay": sched.MultiStepLR(opt, [60]).state_dict(), "warmup": None}
+    cosine = {"policy": "cosine", "decay": sched.CosineAnnealingLR(opt, T_max=200).state_dict(),
+              "warmup": sched.LinearLR(opt, 0.1, total_iters=5).state_dict()}
+    LrSchedule(opt, ScheduleSpec(0.2, milestones=(60,))).load_state_dict(multistep)
+    LrSchedule(opt, ScheduleSpec(0.2, policy="cosine", epochs=200)).load_state_dict(cosine)
+    with pytest.raises(UserError, match="over 200 epochs .* this run over 50"):
+        LrSchedule(opt, ScheduleSpec(0.2, policy="cosine", epochs=50)).load_state_dict(cosine)
+    with pytest.raises(UserError, match="--lr-policy step"):
+        LrSchedule(opt, ScheduleSpec(0.2, policy="cosine", epochs=200)).load_state_dict(
+            multistep)
+
+
+def test_warmup_by_epochs_is_mmcv_linear_warmup_on_the_epoch_lr() -> None:
+    """mmcv's warmup='linear', warmup_by_epoch: W = epochs x iterations per epoch; iteration
+    g (0-based) runs at regular(epoch) x (1 - (1 - g/W)(1 - ratio)) while g < W; a warm-up
+    longer than the run (the package's perf runs: 20 epochs' warm-up in 2 epochs) is fine."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.6)
+    spec = ScheduleSpec(1.6, policy="cosine", epochs=200, warmup_iters=20 * 5,
+                        warmup_factor=1e-3)
+    lrs, _ = _lrs_per_iteration(LrSchedule(opt, spec), opt, iterations=10, epoch_length=5)
+    for g, lr in enumerate(lrs):
+        regular = 0.8 * (1 + math.cos(math.pi * (g // 5) / 200))
+        assert lr == pytest.approx(regular * (1 - (1 - g / 100) * (1 - 1e-3)), rel=1e-12)
+    assert lrs[0] == pytest.approx(1.6e-3) and lrs[-1] < 0.15
 
 
 def test_logged_lr_is_the_lr_the_step_used_during_warmup() -> None:
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
-    schedule = handlers.LrSchedule(opt, [100], 0.2, warmup_iters=6, warmup_factor=0.1)
+    schedule = LrSchedule(opt, ScheduleSpec(0.1, milestones=(100,), gamma=0.2, warmup_iters=6,
+                                            warmup_factor=0.1))
     used: dict[int, float] = {}
 
     def step(engine: Engine, batch: int) -> torch.Tensor:
@@ -185,6 +256,7 @@ def test_logged_lr_is_the_lr_the_step_used_during_warmup() -> None:
         return torch.tensor(1.0)
 
     engine = Engine(step)
+    events.register(engine)
     schedule.attach(engine)
     logged: dict[int, float] = {}
     interval = handlers.IntervalLog(lambda: schedule.lr, 8, 1, None)
@@ -200,21 +272,42 @@ def test_logged_lr_is_the_lr_the_step_used_during_warmup() -> None:
     assert logged[7] == pytest.approx(0.1) and logged[2] == pytest.approx(0.025)
 
 
-def test_fps_meter_counts_steady_state_images() -> None:
-    import time
+class _Clock:
+    """A clock the steps advance by what they would take: the figures are exact."""
 
-    meter = handlers.FpsMeter(CPU, batch_per_process=4, warmup=2)
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_fps_meter_counts_steady_state_images() -> None:
+    clock = _Clock()
+    meter = handlers.FpsMeter(CPU, batch_per_process=4, warmup=2, clock=clock)
 
     def step(engine: Engine, batch: int) -> None:
-        time.sleep(0.5 if engine.state.iteration % 10 == 1 else 0.02)  # slow first step
+        clock.now += 0.5 if engine.state.iteration % 10 == 1 else 0.02  # slow first step
+
+    class Batches:  # each batch takes 4 ms to fetch
+        def __iter__(self):
+            for i in range(10):
+                clock.now += 0.004
+                yield i
+
+        def __len__(self) -> int:
+            return 10
 
     engine = Engine(step)
     meter.attach(engine)
-    engine.run(range(10), max_epochs=2)
-    # per epoch: 10 iterations, window opens after 2 -> 8 steps x 4 images
+    engine.add_event_handler(Events.EPOCH_COMPLETED, meter.epoch_completed)
+    engine.run(Batches(), max_epochs=2)
+    # per epoch: 10 iterations, the window opens after 2 -> 8 steps x 4 images in 8 x 24 ms;
+    # the slow first step stays outside it
     assert meter.total_images == 2 * 8 * 4
-    # 4 images per 20 ms step = 200 img/s; the slow warm-up step stays outside the window
-    assert 100 < meter.fps <= 200 and meter.epoch_data_wait < 0.2
+    assert meter.fps == pytest.approx(32 / 0.192, rel=1e-6)
+    assert meter.epoch_fps == pytest.approx(32 / 0.192, rel=1e-6)
+    assert meter.epoch_data_wait == pytest.approx(0.032 / 0.192, rel=1e-6)
 
 
 def test_loss_tracker_stops_at_first_nonfinite_loss() -> None:
@@ -224,7 +317,7 @@ def test_loss_tracker_stops_at_first_nonfinite_loss() -> None:
     tracker = handlers.LossTracker(CPU, print_freq=2, on_print=lambda e, v: printed.append(v))
     tracker.attach(engine)
     engine.add_event_handler(Events.EPOCH_COMPLETED, tracker.epoch_completed)
-    with pytest.raises(handlers.NonFiniteLoss) as info:
+    with pytest.raises(NonFiniteLoss) as info:
         engine.run(range(4), max_epochs=2)
     assert (info.value.epoch, info.value.iteration) == (1, 4)
     assert printed == [1.5]
@@ -263,7 +356,7 @@ def test_nonfinite_weights_after_last_step_stop_before_saving() -> None:
         handlers.check_finite_weights(model, e)
         saved.append(e.state.epoch)
 
-    with pytest.raises(handlers.Diverged, match="weights became NaN/inf at epoch 2, "
+    with pytest.raises(Diverged, match="weights became NaN/inf at epoch 2, "
                                                 "iteration 2"):
         engine.run(range(2), max_epochs=3)
     assert saved == [1]

@@ -12,17 +12,19 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_rn50 import device as dev
 from ignite_rn50 import handlers
+from ignite_rn50 import precision as prec
 from ignite_rn50.engine import Update, create_trainer, make_train_step
 from ignite_rn50.errors import UserError
 from ignite_rn50.graph import GraphedStep
 from ignite_rn50.model import build_model
+from ignite_rn50.schedule import LrSchedule, ScheduleSpec
 
 from .conftest import TINY, assert_one_line_error, run_cli
 
 CPU = torch.device("cpu")
-FP32 = dev.Precision(False, None, "native")
+FP32 = prec.Precision(False, None, "native")
+AMP32 = prec.Amp(CPU, FP32)
 
 
 def _batches(n: int, bs: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -34,20 +36,19 @@ def _batches(n: int, bs: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
 def _parts(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer]:
     torch.manual_seed(seed)
     model = build_model(18, 10)
-    opt = dev.make_optimizer(model.parameters(), CPU, FP32, lr=0.1, momentum=0.9,
-                             weight_decay=5e-4, nesterov=False)
+    opt = prec.make_optimizer(model.parameters(), CPU, FP32, prec.Sgd(0.1, 0.9, 5e-4, False))
     return model, opt
 
 
-def test_graphed_step_stages_batches_in_static_buffers_and_trains_like_eager() -> None:
+def test_uncaptured_graphed_step_stages_batches_in_static_buffers_like_eager() -> None:
+    """api=None (no device graph here): the bookkeeping a capture relies on, run eagerly."""
     model, opt = _parts()
     ref_model = copy.deepcopy(model)
-    ref_opt = dev.make_optimizer(ref_model.parameters(), CPU, FP32, lr=0.1, momentum=0.9,
-                                 weight_decay=5e-4, nesterov=False)
-    graphed = GraphedStep(Update(model, opt, nn.CrossEntropyLoss(), CPU, FP32, None), opt,
+    ref_opt = prec.make_optimizer(ref_model.parameters(), CPU, FP32,
+                                prec.Sgd(0.1, 0.9, 5e-4, False))
+    graphed = GraphedStep(Update(model, opt, nn.CrossEntropyLoss(), AMP32), opt,
                           api=None)
-    eager = create_trainer(make_train_step(ref_model, ref_opt, nn.CrossEntropyLoss(), CPU,
-                                           FP32, None))
+    eager = create_trainer(make_train_step(ref_model, ref_opt, nn.CrossEntropyLoss(), AMP32))
     eager_losses: list[float] = []
     eager.add_event_handler(Events.ITERATION_COMPLETED,
                             lambda e: eager_losses.append(e.state.output.item()))
@@ -70,7 +71,7 @@ def test_graphed_step_stages_batches_in_static_buffers_and_trains_like_eager() -
 
 def test_graphed_step_refuses_a_batch_of_another_shape() -> None:
     model, opt = _parts()
-    graphed = GraphedStep(Update(model, opt, nn.CrossEntropyLoss(), CPU, FP32, None), opt,
+    graphed = GraphedStep(Update(model, opt, nn.CrossEntropyLoss(), AMP32), opt,
                           api=None)
     graphed(*_batches(1, bs=8)[0])
     with pytest.raises(UserError, match=r"batch of images \(4, 3, 8, 8\).*captured \(8, 3, 8, 8\)"):
@@ -83,9 +84,8 @@ def test_captured_lr_follows_the_schedule_through_a_device_tensor() -> None:
     they hold floats (schedulers, checkpoints and logs see no change), and each change of
     the host value refills the tensor once."""
     model, opt = _parts()
-    graphed = GraphedStep(Update(model, opt, nn.CrossEntropyLoss(), CPU, FP32, None), opt,
+    graphed = GraphedStep(Update(model, opt, nn.CrossEntropyLoss(), AMP32), opt,
                           api=None)
-    schedule = handlers.LrSchedule(opt, [1, 2], 0.5, 0, 0.1)
     with graphed.lr_as_tensors():
         inside = opt.param_groups[0]["lr"]
         assert isinstance(inside, torch.Tensor) and inside.item() == pytest.approx(0.1)
@@ -93,10 +93,10 @@ def test_captured_lr_follows_the_schedule_through_a_device_tensor() -> None:
     assert opt.state_dict()["param_groups"][0]["lr"] == 0.1
     tensor = graphed.lr_tensors[0]
     assert graphed.refresh_lr() == 0  # unchanged: no device work
-    schedule.decay.step()
+    opt.param_groups[0]["lr"] = 0.05  # what the schedule does at an epoch's start
     assert graphed.refresh_lr() == 1 and tensor.item() == pytest.approx(0.05)
     assert graphed.refresh_lr() == 0
-    schedule.decay.step()
+    opt.param_groups[0]["lr"] = 0.025
     assert graphed.refresh_lr() == 1 and tensor.item() == pytest.approx(0.025)
     with graphed.lr_as_tensors():
         assert opt.param_groups[0]["lr"] is tensor  # the same tensor the capture recorded
@@ -126,20 +126,27 @@ def test_graph_and_compile_refused_on_standin_npu(tmp_path: Path,
                           "--compile on npu needs torchair")
 
 
-def test_engine_with_graphed_step_runs_the_trainer_handlers() -> None:
-    """A GraphedStep inside the trainer Engine: LossTracker reads its output like the eager
-    step's, the schedule moves its lr."""
-    model, opt = _parts()
-    from ignite_rn50.engine import TrainStep
-
-    step = TrainStep(model, GraphedStep(Update(model, opt, nn.CrossEntropyLoss(), CPU, FP32,
-                                                None), opt, api=None), CPU,
-                     torch.contiguous_format, zero_grad=None)
+def _trainer_losses(step: object, opt: torch.optim.Optimizer) -> tuple[list[float], float]:
     engine = Engine(step)
-    schedule = handlers.LrSchedule(opt, [1, 2], 0.5, 0, 0.1)
+    schedule = LrSchedule(opt, ScheduleSpec(0.1, milestones=(1, 2), gamma=0.5))
     schedule.attach(engine)
     printed: list[float] = []
     handlers.LossTracker(CPU, 2, lambda e, v: printed.append(v)).attach(engine)
-    engine.run(_batches(4), max_epochs=2)
-    assert len(printed) == 4 and all(v > 0 for v in printed)
-    assert schedule.lr == pytest.approx(0.025)
+    engine.run(_batches(4), max_epochs=3)
+    return printed, schedule.lr
+
+
+def test_trainer_engine_with_uncaptured_graphed_step_equals_the_eager_trainer() -> None:
+    """A GraphedStep (api=None: no capture on CPU) inside the trainer Engine: the trainer's
+    handlers read its output and the schedule moves its lr exactly as with the eager step."""
+    from ignite_rn50.engine import Inputs, TrainStep
+
+    model, opt = _parts()
+    ref_model, ref_opt = _parts()
+    update = Update(model, opt, nn.CrossEntropyLoss(), AMP32)
+    graphed = TrainStep(model, GraphedStep(update, opt, api=None), Inputs(CPU), zero_grad=None)
+    eager = make_train_step(ref_model, ref_opt, nn.CrossEntropyLoss(), AMP32)
+    printed, lr = _trainer_losses(graphed, opt)
+    expected, ref_lr = _trainer_losses(eager, ref_opt)
+    assert len(printed) == 6 and printed == expected
+    assert lr == ref_lr == pytest.approx(0.025)

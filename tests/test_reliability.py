@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ignite_rn50.handlers import find_latest_checkpoint
+from ignite_rn50.checkpoints import find_latest_checkpoint
 
 from .conftest import (
     REPO,
@@ -295,3 +295,84 @@ def _rank_pids(launcher: int) -> list[int]:
             if "spawn_main" in Path(f"/proc/{p.strip()}/cmdline").read_text(errors="ignore")]
     assert len(pids) == 2, pids
     return sorted(pids)
+
+
+def test_save_every_iters_then_kill_9_resumes_bit_exactly(tmp_path: Path) -> None:
+    """--save-every-iters 3: one mid-epoch file at a time (the newest), beside the epoch
+    checkpoints; a kill -9 mid-epoch resumes from it to the weights of a run never stopped,
+    and the next epoch checkpoint removes it."""
+    args = [*TINY, "--epochs", "3", "--print-freq", "1", "--save-every-iters", "3"]
+    full = tmp_path / "full"
+    assert run_cli([*args, "--output-dir", str(full)]).returncode == 0
+    assert not list(full.glob("iteration_checkpoint_*"))  # every epoch ended with its save
+    out = tmp_path / "k"
+    proc = _popen([*args, "--output-dir", str(out)])
+    _wait_for(proc, r"Epoch \[2/3\] Iter \[6/")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    mids = sorted(p.name for p in out.glob("iteration_checkpoint_*.pt"))
+    assert len(mids) == 1 and int(re.search(r"_(\d+)\.pt", mids[0])[1]) in (12, 15), mids
+    assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_1.pt"]
+    assert find_latest_checkpoint(out) == out / mids[0]
+    done = run_cli([*args, "--output-dir", str(out), "--resume", "auto"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {out / mids[0]}" in done.stdout
+    assert not list(out.glob("iteration_checkpoint_*"))
+    a, b = model_state(full / "checkpoint_3.pt"), model_state(out / "checkpoint_3.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+# A ResNet-18 checkpoint with its SGD momentum is ~86 MiB: 150 MiB hold one of them.
+def test_full_disk_during_a_save_is_one_line_and_resume_finishes(tmp_path: Path,
+                                                                  tmpfs) -> None:
+    disk = tmpfs("150m")
+    out = disk / "run"
+    args = [*TINY, "--epochs", "2", "--output-dir", str(out)]
+    proc = run_cli(args)
+    line = assert_one_line_error_status(proc, 4)
+    assert re.search(r"could not write best_checkpoint_1_top1=[\d.]+\.pt: " + re.escape(
+        str(out)) + r" is full \(about [\d.]+ MiB needed, [\d.]+ MiB free\); the last good "
+        r"checkpoint, checkpoint_1\.pt, is intact\. Free some space, then rerun with "
+        r"--resume auto", line), line
+    assert sorted(p.name for p in out.glob("*.pt")) == ["checkpoint_1.pt"]
+    assert not [p for p in out.iterdir() if p.name.startswith("tmp")]  # no half-written file
+    torch.load(out / "checkpoint_1.pt", map_location="cpu", weights_only=True)
+    tmpfs.resize(disk, "600m")
+    done = run_cli([*args, "--resume", "auto"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert read_summary(out)["epochs_completed"] == 2
+
+
+def test_full_disk_stops_every_rank_of_a_job(tmp_path: Path, tmpfs) -> None:
+    out = tmpfs("150m") / "run"
+    proc = run_cli([*TINY, "--nproc", "2", "--epochs", "2", "--port", str(free_port()),
+                    "--synthetic-train-size", "512", "--output-dir", str(out)], timeout=600)
+    line = assert_one_line_error_status(proc, 4)
+    assert "is full" in line and "checkpoint_1.pt, is intact" in line
+    assert "exited with status" not in proc.stderr  # the rank said why; nothing repeated
+
+
+def assert_one_line_error_status(proc: subprocess.CompletedProcess, status: int) -> str:
+    assert proc.returncode == status, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_ctrl_c_during_evaluate_is_one_line_and_130(tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "ignite_rn50.evaluate", "--checkpoint",
+                             str(out / "checkpoint_1.pt"), *TINY, "--synthetic-test-size",
+                             "200000", "--eval-batch-size", "16"], env=base_env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert first.startswith("evaluating "), first
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (stdout[-2000:], stderr[-2000:])
+    assert stderr.strip().splitlines() == ["ignite_rn50.evaluate: interrupted"], stderr

@@ -1,0 +1,178 @@
+"""The two spellings of ``config.Config``: YAML files and command-line flags, both derived
+from its declaration, with strict types (an unknown key or a wrong type is one clear line)."""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from ignite_rn50.config import FIELDS, Config, default_of, flag, key_of, validate
+from ignite_rn50.errors import UserError
+
+ATTRIBUTE_OF_KEY = {key_of(name): name for name in FIELDS}
+
+
+# --- types ----------------------------------------------------------------------------------
+
+def _type_of(name: str) -> Any:
+    return typing.get_type_hints(Config)[name]
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_describe(typing.get_args(tp)[0])}"
+    return {type(None): "null", int: "integer", float: "number", bool: "true/false",
+            str: "string"}.get(tp, str(tp))
+
+
+def _check_type(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value coerced); int is accepted for float, bool is never an int."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, coerced = _check_type(value, arg)
+            if ok:
+                return True, coerced
+        return False, value
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        items = [_check_type(v, typing.get_args(tp)[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+# --- YAML -------------------------------------------------------------------------------------
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The file's options as Config attribute names, type-checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; pass an existing YAML file to "
+                        "--config (see configs/)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"config file {path} is not valid YAML ({first}); fix the file") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"config file {path} must hold a mapping of option: value")
+    values = {}
+    for key, value in raw.items():
+        name = ATTRIBUTE_OF_KEY.get(str(key).replace("-", "_"))
+        if name is None:
+            raise UserError(f"unknown key '{key}' in config file {path}; valid keys: "
+                            f"{', '.join(ATTRIBUTE_OF_KEY)}")
+        ok, coerced = _check_type(value, _type_of(name))
+        if not ok:
+            raise UserError(f"key '{key}' in config file {path} must be "
+                            f"{_describe(_type_of(name))}, got {value!r}")
+        values[name] = coerced
+    return values
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """The resolved config, in the same YAML schema: rerunnable with --config."""
+    path.write_text(yaml.safe_dump(cfg.as_dict(), sort_keys=False))
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def _parse_scalar(tp: Any):
+    """argparse type= callable for one (optional) scalar type."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    base = args[0]
+
+    def parse(text: str):
+        if type(None) in typing.get_args(tp) and text.lower() in ("none", "null", "dynamic"):
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {_describe(base)}, got {text!r}") from None
+
+    parse.__name__ = _describe(base)
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one line and exit 2 (its default), without usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _add_option(group: argparse._ArgumentGroup, name: str) -> None:
+    meta = FIELDS[name].metadata
+    tp = _type_of(name)
+    help_text = f"{meta['help']} (default: {meta['shows'] or default_of(name)})"
+    base_types = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    if base_types[0] is bool:
+        group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction,
+                           help=help_text)
+    elif typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
+        group.add_argument(flag(name), dest=name, nargs="*", type=_parse_scalar(item),
+                           metavar=_describe(item).upper(), help=help_text)
+    else:
+        choices = meta["choices"]
+        group.add_argument(flag(name), dest=name, type=_parse_scalar(tp), choices=choices,
+                           metavar=None if choices is None else
+                           "{" + ",".join(str(c) for c in choices if c is not None) + "}",
+                           help=help_text)
+
+
+def build_parser(prog: str = "python -m ignite_rn50.run",
+                 description: str = "ResNet on CIFAR with PyTorch-Ignite (npu, cuda or cpu; "
+                 "one process, many, or many nodes).") -> argparse.ArgumentParser:
+    # each help text states its default once; argparse's own "(default: ...)" would repeat it
+    parser = _Parser(prog=prog, description=description, argument_default=argparse.SUPPRESS,
+                     allow_abbrev=False)  # a misspelt flag is an error, not a guess
+    parser.add_argument("--config", help="YAML file of options (flags override it)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for name in FIELDS:
+        group_name = FIELDS[name].metadata["group"]
+        if group_name not in groups:
+            groups[group_name] = parser.add_argument_group(group_name)
+        _add_option(groups[group_name], name)
+    return parser
+
+
+def make_config(values: dict[str, Any]) -> Config:
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None) -> Config:
+    """Parsed flags (argparse's dict, unset flags absent) over the --config file over the
+    declared defaults; ``fixed`` values over all three."""
+    args = dict(args)
+    values = load_yaml(args.pop("config")) if "config" in args else {}
+    values.update(args)
+    values.update(fixed or {})
+    return make_config(values)
+
+
+def parse_config(argv: list[str] | None = None) -> Config:
+    return config_from_args(vars(build_parser().parse_args(argv)))

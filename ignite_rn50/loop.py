@@ -1,0 +1,57 @@
+"""The objects one training process is made of, in one place (as ignite's ``State`` is for
+an Engine): the handlers, checkpoints and reports take a ``Loop`` instead of a dozen
+parameters. Built once by ``training.build_loop``; nothing here does any work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ignite.engine import Engine
+
+from ignite_rn50.config import Config
+from ignite_rn50.engine import Parts
+from ignite_rn50.pipeline import Dataflow
+from ignite_rn50.runtime import Runtime
+from ignite_rn50.signals import GracefulStop
+
+
+class RunRecord:
+    """Per-epoch history; checkpointed with the run so curves cover a resumed run too."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(r) for r in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [dict(r) for r in state["history"]]
+
+    @property
+    def best_top1(self) -> float | None:
+        values = [r["val_top1"] for r in self.history]
+        return max(values) if values else None
+
+
+@dataclass
+class Loop:
+    cfg: Config
+    rt: Runtime
+    data: Dataflow
+    parts: Parts
+    trainer: Engine
+    evaluator: Engine
+    stop: GracefulStop
+    record: RunRecord = field(default_factory=RunRecord)
+
+    @property
+    def epoch_length(self) -> int:
+        return len(self.data.train)
+
+    @property
+    def global_batch(self) -> int:
+        return self.data.batch_per_process * self.rt.processes
