@@ -286,7 +286,7 @@ def leave_group() -> None:
 # --- DDP and the collectives outside it ----------------------------------------------------------
 
 def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """DDP over the current group; on HCCL with ``broadcast_buffers=False`` (the seed's
+    """DDP over the current group; on HCCL with ``broadcast_buffers=False`` (the package's
     setting: BN statistics are broadcast from rank 0 before each evaluation instead)."""
     kwargs: dict[str, Any] = {}
     if idist.backend() in HcclDistModel.available_backends:

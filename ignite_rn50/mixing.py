@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 IDENTITY, MIXUP, CUTMIX = 0, 1, 2
 
@@ -68,7 +67,10 @@ class MixSpec:
 
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return F.one_hot(labels, num_classes).to(torch.float32)
+    """float32 one-hot by a scatter: F.one_hot checks the labels' range on the host (a
+    device sync per call)."""
+    out = torch.zeros(labels.shape[0], num_classes, device=labels.device)
+    return out.scatter_(1, labels[:, None], 1.0)
 
 
 def mixup(images: torch.Tensor, targets: torch.Tensor, lam: float,

@@ -19,7 +19,7 @@ from ignite_rn50 import checkpoints, cli, distributed, events, handlers, reporti
 from ignite_rn50 import device as dev
 from ignite_rn50.checkpoints import Checkpoints
 from ignite_rn50.config import Config
-from ignite_rn50.engine import build_parts, build_trainer, create_evaluator
+from ignite_rn50.engine import build_parts, build_trainer, create_evaluator, mix_spec
 from ignite_rn50.errors import Diverged, OutOfSpace
 from ignite_rn50.loop import Loop
 from ignite_rn50.pipeline import build_dataflow
@@ -91,12 +91,20 @@ def start_trackers(loop: Loop) -> trackers.Tracking:
 
 
 def log_start(loop: Loop) -> None:
-    if loop.rt.is_main and loop.trainer.state.epoch == 0:
+    cfg = loop.cfg
+    if not loop.rt.is_main:
+        return
+    if loop.trainer.state.epoch == 0:
         params = sum(p.numel() for p in loop.parts.model.parameters())
         log.info("training ResNet-%d (%.2fM parameters) on %s x %d, global batch %d, "
-                 "%d iterations/epoch, %s pipeline", loop.cfg.depth, params / 1e6,
+                 "%d iterations/epoch, %s pipeline", cfg.depth, params / 1e6,
                  loop.rt.device, loop.rt.processes, loop.global_batch, loop.epoch_length,
                  loop.data.kind)
+    if loop.parts.mix is not None or cfg.label_smoothing:
+        log.info("training batches mixed: %s; label smoothing %g. The training loss is against "
+                 "these mixed, smoothed targets (no training accuracy is reported); top-1 and "
+                 "top-5 are measured on the unmixed test split", mix_spec(cfg).describe(),
+                 cfg.label_smoothing)
 
 
 def run_until_done(loop: Loop, outputs: Outputs) -> None:

@@ -1,17 +1,22 @@
 # shellcheck shell=bash
-# Shared body of the eight ModelZoo scripts test/train_{full,performance}_{1p,8p}[_bs32].sh.
+# Shared body of the twelve ModelZoo scripts test/train_{full,performance}_{1p,8p}[_bs32|_bs256].sh.
 # A script sets MODE (full | performance), RANK_SIZE (1 | 8), BATCH_PER_DEVICE and RECIPE (a
-# file in configs/), sources this file and calls `modelzoo_main "$@"`. Works from the repo root, from test/ or
-# from anywhere: the repository is found from this file's location, and the current folder
-# is left alone (relative paths in the arguments mean what they mean to the caller).
+# file in configs/), sources this file and calls `modelzoo_main "$@"`. Works from the repo
+# root, from test/ or from anywhere: the repository is found from this file's location, and
+# the current folder is left alone (relative paths in the arguments mean what they mean to
+# the caller). The Python side is `python -m ignite_rn50.modelzoo` (resolve, report).
 #
-# Recipes, as the package ran them (mmcls configs/resnet/resnet50_8xb16_cifar100*.py):
-#   batch 16 per device: configs/resnet50_cifar100.yaml, SGD lr 0.1, x0.2 at 60/120/160
-#   batch 32 per device: configs/resnet50_cifar100_cos.yaml, lr 0.2, cosine to 0 per epoch
-#   both: apex O2 with a static loss scale of 1024 where apex imports on an NPU, else native
+# Recipes, as the package ran them (its configs/resnet/resnet50_8xb*_cifar100*.py):
+#   batch 16 per device:  configs/resnet50_cifar100.yaml, SGD lr 0.1, x0.2 at 60/120/160
+#   batch 32 per device:  configs/resnet50_cifar100_cos.yaml, lr 0.2, cosine to 0 per epoch
+#   batch 256 per device: configs/resnet50_cifar100_bs256_mix.yaml (1p, global 256) and
+#                         configs/resnet50_cifar100_8p_bs2048_mix.yaml (8p, global 2048):
+#                         mixup + cutmix, label smoothing 0.1, lr 1.6, cosine to 0 after a
+#                         linear warm-up over 20 epochs' iterations
+#   all: apex O2 with a static loss scale of 1024 where apex imports on an NPU, else native
 #   AMP with the same static scale (cpu: fp32), from the config's amp_backend: auto.
 #
-# Command: python -m ignite_rn50.run --config configs/<recipe>.yaml
+# Command: python -m ignite_rn50.run --config configs/$RECIPE
 #            --batch-size RANK_SIZE*BATCH_PER_DEVICE (GLOBAL) --nproc RANK_SIZE
 #            [--gpu-id $ASCEND_DEVICE_ID]                       (1p scripts)
 #            [--epochs 2]                                       (performance scripts)
@@ -26,7 +31,7 @@
 #                                      trainer's --data DIR. A DIR that does not exist is
 #                                      one `error:` line and exit status 2.
 #   anything else                      passed through to the trainer unchanged.
-# Data: without --data_path, the seed downloaded CIFAR-100 by itself; so do these scripts:
+# Data: without --data_path, the ModelZoo package downloaded CIFAR-100 by itself; so do these scripts:
 #   they pass `--data <repo>/data --download` (fetched once, reused afterwards) unless the
 #   arguments carry their own --data. `--dataset synthetic` needs no data (and ignores both).
 # Environment

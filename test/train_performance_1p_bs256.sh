@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# ModelZoo: ResNet-50 on CIFAR-100, 1 card(s) x batch 256 (global batch 256), performance: 2 epochs (the package's _perf config: still a 20-epoch warm-up, so the whole run is warm-up) of configs/resnet50_cifar100_bs256_mix.yaml (mixup + cutmix, label smoothing 0.1, lr 1.6, cosine after a 20-epoch warm-up).
+# Usage: bash test/train_performance_1p_bs256.sh [--data_path=DIR] [trainer flags...]; see test/common.sh.
+MODE=performance RANK_SIZE=1 BATCH_PER_DEVICE=256 RECIPE=resnet50_cifar100_bs256_mix.yaml
+source "$(CDPATH='' cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)/common.sh"
+modelzoo_main "$@"

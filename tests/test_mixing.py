@@ -1,0 +1,253 @@
+"""The package's best recipe: mixup/cutmix/label smoothing arithmetic (mmcls 0.24's, written
+out by hand here), the draws' frequencies and determinism, a resumed mix run, a static loss
+scale that stays static, and the bs256 ModelZoo scripts."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from ignite_rn50 import mixing
+from ignite_rn50 import precision as prec
+from ignite_rn50.config_schema import parse_config
+from ignite_rn50.errors import UserError
+from ignite_rn50.mixing import BatchMix, MixSpec
+
+from .conftest import TINY, model_state, read_summary, run_cli
+from .test_reliability import _popen, _wait_for
+from .test_scripts import SMOKE, _without, check_case_log, run_script, script_env
+
+CPU = torch.device("cpu")
+MIX = ["--mixup-alpha", "1", "--cutmix-alpha", "1", "--label-smoothing", "0.1"]
+
+
+def _batch(n: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=gen), torch.randint(0, 5, (n,), generator=gen)
+
+
+def test_mixup_is_a_convex_blend_of_images_and_one_hot_labels() -> None:
+    images, labels = _batch()
+    perm = torch.tensor([3, 0, 5, 1, 2, 4])
+    targets = mixing.one_hot(labels, 5)
+    mixed, soft = mixing.mixup(images, targets, 0.3, perm)
+    for i, j in enumerate(perm.tolist()):
+        assert torch.allclose(mixed[i], 0.3 * images[i] + 0.7 * images[j])
+        expected = torch.zeros(5)
+        expected[labels[i]] += 0.3
+        expected[labels[j]] += 0.7
+        assert torch.allclose(soft[i], expected)
+    assert torch.allclose(soft.sum(1), torch.ones(6))
+
+
+@pytest.mark.parametrize("lam, cy, cx, box, corrected", [
+    # cut = int(8 sqrt(1 - lam)); the box spans centre +- cut // 2, clipped to the image
+    (0.75, 4, 4, (2, 6, 2, 6), 1 - 16 / 64),   # cut 4: 4 x 4
+    (0.5, 0, 7, (0, 2, 5, 8), 1 - 6 / 64),     # cut 5 (odd): +-2, clipped at 0 and 8
+    (0.0, 3, 5, (0, 7, 1, 8), 1 - 49 / 64),    # cut 8: +-4 -> [-1, 7) x [1, 9) clipped
+    (1.0, 2, 2, (2, 2, 2, 2), 1.0),            # cut 0: an empty box, nothing mixed
+])
+def test_cutmix_box_and_its_lam_as_mmcls_computes_them(lam: float, cy: int, cx: int,
+                                                       box: tuple, corrected: float) -> None:
+    got_box, got_lam = mixing.cutmix_box(lam, 8, 8, cy, cx)
+    assert got_box == box and got_lam == pytest.approx(corrected)
+
+
+def test_cutmix_pastes_the_box_of_the_permuted_batch() -> None:
+    images, labels = _batch()
+    before = images.clone()
+    perm = torch.tensor([1, 2, 0, 4, 5, 3])
+    box, lam = mixing.cutmix_box(0.7, 8, 8, 3, 4)
+    y1, y2, x1, x2 = box
+    mixed, soft = mixing.cutmix(images, mixing.one_hot(labels, 5), box, lam, perm)
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[y1:y2, x1:x2] = True
+    for i, j in enumerate(perm.tolist()):
+        assert torch.equal(mixed[i][:, inside], before[j][:, inside])
+        assert torch.equal(mixed[i][:, ~inside], before[i][:, ~inside])
+        assert soft[i, labels[i]] >= lam - 1e-6 or labels[i] == labels[j]
+    assert 0 < inside.sum() < 64 and torch.allclose(soft.sum(1), torch.ones(6))
+
+
+def test_label_smoothing_on_soft_targets_is_mmcls_original_mode() -> None:
+    """torch's CrossEntropyLoss(label_smoothing=e) on (mixed) probability targets is mmcls's
+    LabelSmoothLoss(mode='original'): soft cross-entropy on y (1 - e) + e / C, batch mean."""
+    logits = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+    images, labels = _batch()
+    _, soft = mixing.mixup(images, mixing.one_hot(labels, 5), 0.6,
+                           torch.tensor([5, 4, 3, 2, 1, 0]))
+    for targets in (soft, mixing.one_hot(labels, 5)):
+        smooth = targets * 0.9 + 0.1 / 5
+        by_hand = -(smooth * torch.log_softmax(logits, 1)).sum(1).mean()
+        ours = nn.CrossEntropyLoss(label_smoothing=0.1)(logits, targets)
+        assert ours.item() == pytest.approx(by_hand.item(), rel=1e-6)
+    assert nn.CrossEntropyLoss(label_smoothing=0.1)(logits, labels).item() == pytest.approx(
+        nn.CrossEntropyLoss(label_smoothing=0.1)(logits, mixing.one_hot(labels, 5)).item())
+
+
+@pytest.mark.parametrize("spec, shares", [
+    (MixSpec.resolve(1.0, None, 1.0, None), (0.0, 0.5, 0.5)),   # the recipe: one on each batch
+    (MixSpec.resolve(1.0, 0.3, 0.0, None), (0.7, 0.3, 0.0)),    # an identity takes the rest
+    (MixSpec.resolve(0.0, None, 1.0, None), (0.0, 0.0, 1.0)),
+])
+def test_draws_follow_the_probabilities(spec: MixSpec, shares: tuple) -> None:
+    n = 20000
+    draws = mixing.draw_epoch(spec, seed=5, batches=n, batch_size=4, image_hw=(8, 8))
+    counts = np.bincount(draws.kinds, minlength=3)
+    for count, share in zip(counts, shares, strict=True):
+        assert abs(count / n - share) <= 4 * math.sqrt(share * (1 - share) / n) + 1e-12
+    mixed = draws.kinds == mixing.MIXUP
+    if mixed.any():  # Beta(1, 1) is uniform: mean 1/2, variance 1/12
+        assert draws.lams[mixed].mean() == pytest.approx(0.5, abs=0.02)
+        assert draws.lams[mixed].var() == pytest.approx(1 / 12, abs=0.01)
+    assert all(sorted(p.tolist()) == [0, 1, 2, 3] for p in draws.perms[:50])
+
+
+def test_an_epochs_mixing_depends_only_on_seed_rank_epoch_and_batch() -> None:
+    spec = MixSpec.resolve(1.0, None, 1.0, None)
+    images, labels = _batch(8)
+
+    class State:
+        def __init__(self, epoch: int, iteration: int) -> None:
+            self.epoch, self.iteration, self.epoch_length = epoch, iteration, 10
+
+    def mixed(mix: BatchMix, epoch: int, iteration: int) -> torch.Tensor:
+        return mix(images.clone(), labels, State(epoch, iteration))[0]
+
+    a, b = BatchMix(spec, 5, CPU, seed=3, rank=0), BatchMix(spec, 5, CPU, seed=3, rank=0)
+    assert torch.equal(mixed(a, 2, 14), mixed(b, 2, 14))  # b starts mid-epoch (a resume)
+    assert torch.equal(mixed(a, 2, 17), mixed(b, 2, 17))
+    assert not torch.equal(mixed(a, 3, 24), mixed(b, 2, 14))
+    other_rank = BatchMix(spec, 5, CPU, seed=3, rank=1)
+    assert not torch.equal(mixed(other_rank, 2, 14), mixed(a, 2, 14))
+
+
+def test_mix_options_are_checked() -> None:
+    base = ["--dataset", "synthetic"]
+    for flags, needle in ((["--mixup-prob", "0.5"], "--mixup-prob 0.5 needs --mixup-alpha"),
+                          (["--mixup-alpha", "1", "--cutmix-alpha", "1", "--mixup-prob", "0.7",
+                            "--cutmix-prob", "0.6"], "must sum to at most 1"),
+                          (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1)"),
+                          (["--cutmix-alpha", "-1"], "--cutmix-alpha must be >= 0")):
+        with pytest.raises(UserError, match=re.escape(needle)):
+            parse_config(base + flags)
+    # a warm-up longer than the run: the package's performance runs (20 epochs' warm-up, 2 run)
+    cfg = parse_config(base + ["--warmup-epochs", "20", "--epochs", "2"])
+    assert cfg.warmup_epochs == 20
+
+
+def test_a_resumed_mix_run_mixes_the_same_batches(tmp_path: Path) -> None:
+    """SIGTERM mid-epoch, then --resume auto: the final weights equal an uninterrupted run's;
+    a run without the mix has other weights (the mix really ran)."""
+    args = [*TINY, *MIX, "--epochs", "2", "--print-freq", "1"]
+    full, plain = tmp_path / "full", tmp_path / "plain"
+    proc = run_cli([*args, "--output-dir", str(full)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training batches mixed: mixup alpha 1 on 50% of batches, cutmix alpha 1 on 50% " \
+           "of batches; label smoothing 0.1" in proc.stdout
+    assert run_cli([*TINY, "--epochs", "2", "--output-dir", str(plain)]).returncode == 0
+    out = tmp_path / "stopped"
+    stopped = _popen([*args, "--output-dir", str(out)])
+    _wait_for(stopped, r"Epoch \[1/2\] Iter \[3/")
+    stopped.send_signal(signal.SIGTERM)
+    assert stopped.wait(timeout=120) == 0
+    assert list(out.glob("interrupted_checkpoint_*.pt"))
+    done = run_cli([*args, "--output-dir", str(out), "--resume", "auto"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = model_state(full / "checkpoint_2.pt"), model_state(out / "checkpoint_2.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = model_state(plain / "checkpoint_2.pt")
+    assert not torch.equal(a["fc.weight"], c["fc.weight"])
+    assert read_summary(full)["final_top1"] is not None
+
+
+@pytest.mark.parametrize("scale", [1024.0, None])
+def test_a_static_loss_scale_skips_an_overflowing_step_and_stays(scale: float | None) -> None:
+    """apex's static scale: an fp16 step whose gradients overflow is skipped and the scale
+    is kept at its value (GradScaler alone would halve it, as the dynamic scale does)."""
+    precision = prec.Precision(True, torch.float16, "native", loss_scale=scale)
+    model = nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = prec.make_grad_scaler(CPU, precision)
+    assert scaler is not None
+    amp = prec.Amp(CPU, precision, scaler)
+    start_scale = scaler.get_scale()
+    before = copy.deepcopy(model.state_dict())
+    with amp.autocast():  # fp16 logits near 6e4: the scaled gradients overflow
+        loss = nn.functional.cross_entropy(model(torch.full((2, 4), 6e4)), torch.tensor([0, 1]))
+    amp.backward_and_step(loss * 1e3, opt)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # skipped
+    assert scaler.get_scale() == (1024.0 if scale else start_scale / 2)
+    opt.zero_grad(set_to_none=True)
+    with amp.autocast():  # a finite step goes through, and a static scale does not grow
+        loss = nn.functional.cross_entropy(model(torch.ones(2, 4)), torch.tensor([0, 1]))
+    amp.backward_and_step(loss, opt)
+    assert not torch.equal(before["weight"], model.state_dict()["weight"])
+    if scale:
+        assert scaler.get_scale() == 1024.0
+
+
+# the scripts' smoke flags, with the script's own epochs and two 256-image steps an epoch
+BS256 = _without(SMOKE, "--max-iters", "--epochs") + ["--max-iters", "2",
+                                                      "--synthetic-train-size", "512"]
+
+
+def _lrs(run_dir: Path) -> list[tuple[int, int, float]]:
+    with open(run_dir / "train_loss.csv") as fh:
+        return [(int(r["iteration"]), int(r["epoch"]), float(r["lr"])) for r in csv.DictReader(fh)]
+
+
+def test_performance_1p_bs256_script_runs_the_mix_recipe_all_warm_up(tmp_path: Path) -> None:
+    """The package's _perf config: cosine over the 2 epochs run, warm-up over 20 epochs'
+    iterations (here 20 x 2): every logged lr is regular(epoch) x the warm-up factor."""
+    proc = run_script("train_performance_1p_bs256.sh", BS256, script_env(tmp_path),
+                      timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "0" / "train_performance_1p_bs256"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert {k: config[k] for k in ("batch_size", "lr", "lr_policy", "warmup_epochs",
+                                   "warmup_factor", "mixup_alpha", "mixup_prob",
+                                   "cutmix_alpha", "cutmix_prob", "label_smoothing",
+                                   "epochs")} == {
+        "batch_size": 256, "lr": 1.6, "lr_policy": "cosine", "warmup_epochs": 20.0,
+        "warmup_factor": 0.001, "mixup_alpha": 1.0, "mixup_prob": 0.5, "cutmix_alpha": 1.0,
+        "cutmix_prob": 0.5, "label_smoothing": 0.1, "epochs": 2}
+    lrs = _lrs(run_dir)
+    assert [i for i, _, _ in lrs] == [1, 2, 3, 4]
+    for iteration, epoch, lr in lrs:
+        regular = 0.8 * (1 + math.cos(math.pi * (epoch - 1) / 2))
+        g = iteration - 1
+        assert lr == pytest.approx(regular * (1 - (1 - g / 40) * (1 - 1e-3)), rel=1e-6)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    values = check_case_log(tmp_path / "0", summary, "performance", proc.stdout)
+    assert values["CaseName"] == "Resnet50_cifar_for_PyTorch_bs256_1p_acc"
+    assert "training batches mixed" in (run_dir / "train.log").read_text()
+
+
+def test_full_8p_bs256_script_warms_up_then_anneals(tmp_path: Path) -> None:
+    """Over 2 processes (global batch still 2048), a 1-epoch warm-up instead of 20: the
+    first epoch's lrs rise from 1e-3 x lr, the later ones follow the cosine by epoch."""
+    args = [*BS256, "--nproc", "2", "--synthetic-train-size", "4096", "--epochs", "3",
+            "--warmup-epochs", "1", "--synthetic-test-size", "16"]
+    proc = run_script("train_full_8p_bs256.sh", args, script_env(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "0" / "train_full_8p_bs256"
+    lrs = _lrs(run_dir)
+    assert lrs[0][2] == pytest.approx(1.6e-3) and lrs[1][2] > lrs[0][2]
+    for _, epoch, lr in lrs[2:]:
+        assert lr == pytest.approx(0.8 * (1 + math.cos(math.pi * (epoch - 1) / 3)), rel=1e-9)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["global_batch_size"], summary["world_size"]) == (2048, 2)
+    values = check_case_log(tmp_path / "0", summary, "full", proc.stdout)
+    assert values["CaseName"] == "Resnet50_cifar_for_PyTorch_bs2048_2p_acc"
