@@ -27,9 +27,9 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
+from ignite_rn50 import distributed, rundir
 from ignite_rn50 import precision as prec
-from ignite_rn50 import rundir
-from ignite_rn50.errors import UserError
+from ignite_rn50.errors import OutOfSpace, UserError
 from ignite_rn50.events import RunEvents
 from ignite_rn50.loop import Loop
 
@@ -99,7 +99,11 @@ class Checkpoints:
                                       self.save_within_epoch)
 
     def _write(self, name: str) -> None:
+        """Rank 0 writes; with several processes every rank then learns whether the disk was
+        full (one small all-reduce per save), so that all of them stop together, with the
+        same status, and only rank 0 says why."""
         state = {key: obj.state_dict() for key, obj in self.to_save.items()}
+        failure: OutOfSpace | None = None
         try:
             self.saver(state, name)
         except (OSError, RuntimeError) as exc:
@@ -107,9 +111,14 @@ class Checkpoints:
             if not rundir.is_out_of_space(exc, self.dirname, needed):
                 raise
             last = self.last_good()
-            raise rundir.out_of_space(self.dirname, name, needed,
-                                      f"the last good checkpoint, {last.name}, is intact"
-                                      if last else "no checkpoint was written yet") from None
+            failure = rundir.out_of_space(self.dirname, name, needed,
+                                          f"the last good checkpoint, {last.name}, is intact"
+                                          if last else "no checkpoint was written yet")
+        if idist.get_world_size() > 1 and distributed.any_rank(failure is not None):
+            failure = failure or OutOfSpace(f"rank 0 could not write {name} (disk full)")
+            failure.logged = idist.get_rank() != 0
+        if failure is not None:
+            raise failure
 
     def _remove(self, name: str) -> None:
         self.saver.remove(name)  # rank 0 only, as the writes

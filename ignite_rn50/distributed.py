@@ -309,6 +309,12 @@ def replica_report(model: nn.Module, device: torch.device) -> dict[str, Any]:
             else [devices], "replica_checksums": [float(v) for v in sums.cpu().tolist()]}
 
 
+def any_rank(flag: bool) -> bool:
+    """Whether any rank's ``flag`` is set (one tiny all-reduce; float32 on the wire, HCCL)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=idist.device())
+    return bool(idist.all_reduce(value, op="MAX").item())
+
+
 @torch.no_grad()
 def sync_buffers(model: nn.Module) -> None:
     """BN running stats from rank 0 everywhere: HCCL runs DDP with broadcast_buffers=False,

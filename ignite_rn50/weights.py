@@ -40,7 +40,7 @@ def read_state_dict(path: Path, flag: str) -> tuple[dict[str, torch.Tensor], str
                         "'state_dict' of tensors); pass a checkpoint of this trainer or mmcls")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
-        return {_from_mmcls(k): v for k, v in state.items()}, "mmcls"
+        return from_mmcls(state), "mmcls"
     return state, "state_dict"
 
 
@@ -49,6 +49,11 @@ def _from_mmcls(key: str) -> str:
         if key.startswith(theirs):
             return ours + key[len(theirs):]
     return key
+
+
+def from_mmcls(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An mmcls state dict (``module.`` of DDP too) in our key names."""
+    return {_from_mmcls(k.removeprefix("module.")): v for k, v in state.items()}
 
 
 def to_mmcls(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
