@@ -59,7 +59,7 @@ class Bench:
         for event, fn in before:
             engine.add_event_handler(event, fn)
         a = self.args
-        handlers.FpsMeter(self.device, a.batch_size).attach(engine)
+        handlers.FpsMeter(self.device).attach(engine)
         LrSchedule(opt, ScheduleSpec(0.1, milestones=(60, 120, 160))).attach(engine)
         printed = lambda e, loss: e.state.metrics.update(loss=loss)  # noqa: E731
         handlers.LossTracker(self.device, a.print_freq, printed).attach(engine)

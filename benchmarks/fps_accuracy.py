@@ -77,7 +77,7 @@ def main() -> None:
                                              prec.Amp(device, precision, scaler)))
     evaluator = create_evaluator(model, criterion, device, precision)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train.set_epoch(e.state.epoch))
-    meter = handlers.FpsMeter(device, args.batch_size, warmup=args.warmup)
+    meter = handlers.FpsMeter(device, warmup=args.warmup)
     meter.attach(trainer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, meter.epoch_completed)  # as EpochEnd does
     handlers.LossTracker(device, 50, lambda e, loss: None).attach(trainer)

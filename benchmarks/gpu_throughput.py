@@ -73,7 +73,7 @@ def measure(case: Case, args, device: torch.device) -> tuple[float, float | None
     data = DeviceTrainData(synthetic(args, batch * pool), device, Feed(batch, seed=args.seed),
                            channels_last=case.channels_last)
     trainer = trainer_for(case, args, device, batch)
-    meter = handlers.FpsMeter(device, batch, warmup=args.warmup)
+    meter = handlers.FpsMeter(device, warmup=args.warmup)
     meter.attach(trainer)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, meter.epoch_completed)
     window = Window(device, args.warmup, args.steps, batch)

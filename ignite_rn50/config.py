@@ -87,6 +87,8 @@ class Config:
                               choices=("auto", "device", "torchvision"), group="data")
     num_workers: int = _opt(4, "DataLoader workers per process (torchvision pipeline)",
                             group="data")
+    drop_last: bool = _opt(True, "drop each epoch's last partial training batch; "
+                           "--no-drop-last trains on it, as mmcls does", group="data")
     synthetic_train_size: int = _opt(5000, "images in the synthetic training set", group="data")
     synthetic_test_size: int = _opt(1000, "images in the synthetic test set", group="data")
     synthetic_classes: int = _opt(100, "classes in the synthetic dataset", group="data")
@@ -276,6 +278,8 @@ def _validate_job(cfg: Config, need: Need) -> None:
          "not captured); drop --graph or run one process")
     need(not (cfg.graph and cfg.compile), "--graph and --compile each build their own device "
          "graphs; pass one of them")
+    need(not (cfg.graph and not cfg.drop_last), "--graph captures one batch shape; a last "
+         "partial batch (--no-drop-last) would need another: drop one of them")
 
 
 def _validate_data(cfg: Config, need: Need) -> None:

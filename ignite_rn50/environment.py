@@ -34,6 +34,13 @@ def setup_logging(rank: int, log_file: Path | None) -> None:
         log.addHandler(file_handler)
 
 
+def close_logging() -> None:
+    """The run's log file closed, the console left (a run inside a longer-lived process)."""
+    for handler in list(log.handlers):
+        handler.close()
+        log.removeHandler(handler)
+
+
 def command_line() -> str:
     """This process's command as the user typed it (``python -m pkg.mod`` shows as such)."""
     argv = list(sys.argv)

@@ -39,9 +39,9 @@ class FpsMeter:
     ignite's Timer measures host time without device synchronisation, hence this class.
     """
 
-    def __init__(self, device: torch.device, batch_per_process: int, warmup: int = 5,
+    def __init__(self, device: torch.device, warmup: int = 5,
                  clock: Callable[[], float] = time.perf_counter) -> None:
-        self.device, self.batch, self.warmup, self.clock = device, batch_per_process, warmup, clock
+        self.device, self.warmup, self.clock = device, warmup, clock
         self.epoch_fps: float | None = None
         self.epoch_data_wait: float | None = None
         self.total_images = 0.0  # global images in all windows
@@ -51,6 +51,7 @@ class FpsMeter:
     def _reset(self) -> None:
         self._start: float | None = None
         self._count = 0
+        self._images = 0  # counted per batch: an epoch's last one may be partial
         self._wait = 0.0
         self._fetch_started = 0.0
 
@@ -79,6 +80,7 @@ class FpsMeter:
     def _iteration_completed(self, engine: Engine) -> None:
         if self._start is not None:
             self._count += 1
+            self._images += len(engine.state.batch[1])  # a shape: no device read
             return
         done_in_epoch = (engine.state.iteration - 1) % engine.state.epoch_length + 1
         if done_in_epoch >= self._warmup_for(engine):
@@ -92,8 +94,8 @@ class FpsMeter:
             return
         dev.synchronize(self.device)
         seconds = self.clock() - self._start
-        local = torch.tensor([self._count * self.batch / seconds, self._wait / seconds,
-                              self._count * self.batch, seconds], dtype=torch.float32)
+        local = torch.tensor([self._images / seconds, self._wait / seconds, self._images,
+                              seconds], dtype=torch.float32)
         world = idist.get_world_size()
         if world > 1:  # float32: HCCL does not reduce float64 on every Ascend chip
             local = idist.all_reduce(local.to(idist.device())).cpu()
@@ -306,7 +308,7 @@ def attach_all(loop: Loop) -> FpsMeter:
     end is one handler, EpochEnd). Returns the FPS meter, whose run-wide figure summary.json
     reports."""
     trainer, cfg, schedule = loop.trainer, loop.cfg, loop.parts.schedule
-    fps = FpsMeter(loop.rt.device, loop.data.batch_per_process)
+    fps = FpsMeter(loop.rt.device)
     fps.attach(trainer)
     schedule.attach(trainer)
     feed_epochs(trainer, loop.data.train)

@@ -162,6 +162,8 @@ class BatchMix:
         draws = self.draws_for(state.epoch, state.epoch_length, images)  # type: ignore
         targets = one_hot(labels, self.num_classes)
         kind, lam, perm = int(draws.kinds[index]), float(draws.lams[index]), draws.perms[index]
+        if images.shape[0] < perm.numel():  # an epoch's last, partial batch (--no-drop-last):
+            perm = perm[:images.shape[0]].argsort()  # the ranks of a random subset, on device
         if kind == MIXUP:
             return mixup(images, targets, lam, perm)
         if kind == CUTMIX:

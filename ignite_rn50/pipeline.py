@@ -125,6 +125,7 @@ class Feed:
     world_size: int = 1
     seed: int = 0
     max_batches: int | None = None
+    drop_last: bool = True  # False: the last partial batch trains too (mmcls's loader)
 
     def batches_in(self, per_rank: int, total: int) -> int:
         """Batches per epoch from ``per_rank`` images (every rank the same count)."""
@@ -132,8 +133,9 @@ class Feed:
             raise ValueError(f"{total} training images over {self.world_size} process(es) "
                              f"leave {per_rank} per process, fewer than the per-process batch "
                              f"{self.batch_size}")
-        full = per_rank // self.batch_size
-        return min(full, self.max_batches) if self.max_batches else full
+        count = per_rank // self.batch_size if self.drop_last else -(-per_rank //
+                                                                     self.batch_size)
+        return min(count, self.max_batches) if self.max_batches else count
 
 
 def _shard(size: int, rank: int, world_size: int, seed: int) -> torch.Tensor:
@@ -253,7 +255,8 @@ class LoaderTrainData:
         self.num_batches = feed.batches_in(len(self.sampler), len(data))
         self.generator = torch.Generator()
         self.loader = DataLoader(dataset, batch_size=feed.batch_size, sampler=self.sampler,
-                                 num_workers=num_workers, pin_memory=pin_memory, drop_last=True,
+                                 num_workers=num_workers, pin_memory=pin_memory,
+                                 drop_last=feed.drop_last,
                                  generator=self.generator,
                                  persistent_workers=False)
         self.batch_size, self.rank, self.seed, self.num_workers = (feed.batch_size, feed.rank,
@@ -316,7 +319,8 @@ def build_dataflow(cfg: Config, device: torch.device) -> Dataflow:
     on_device = cfg.data_pipeline == "device" or (cfg.data_pipeline == "auto" and fits_on_device(
         train_set, test_set, world, dev.free_memory(device)))
     shard = dict(rank=rank, world_size=world)
-    feed = Feed(batch, seed=cfg.seed, max_batches=cfg.max_iters, **shard)
+    feed = Feed(batch, seed=cfg.seed, max_batches=cfg.max_iters, drop_last=cfg.drop_last,
+                **shard)
     try:
         if on_device:
             train: TrainData = DeviceTrainData(train_set, device, feed, cfg.channels_last)

@@ -18,7 +18,6 @@ from ignite_rn50 import device as dev
 from ignite_rn50 import distributed, environment, rundir
 from ignite_rn50 import precision as prec
 from ignite_rn50.config import Config
-from ignite_rn50.config_schema import save_config
 from ignite_rn50.data import ensure_files, locate
 from ignite_rn50.datasets import dataset_spec
 from ignite_rn50.errors import UserError
@@ -84,8 +83,8 @@ def preflight(cfg: Config, claim_output: bool = True
 
 
 def setup_process(cfg: Config) -> Runtime:
-    """Device, logging (rank 0: console and train.log), seeds, precision; rank 0 saves the
-    resolved config and opens the log with the environment."""
+    """Device, logging (rank 0: console and train.log), seeds, precision; rank 0 opens the
+    log with the environment."""
     started = time.perf_counter()
     rank, world = idist.get_rank(), idist.get_world_size()
     device_type = dev.resolve_device_type(cfg.device)
@@ -103,5 +102,4 @@ def setup_process(cfg: Config) -> Runtime:
     if rank == 0:
         environment.log_environment(env)
         environment.log.info("precision: %s", precision.explain())
-        save_config(cfg, out / "config.yaml")
     return Runtime(rank, world, device, precision, out, env, started)

@@ -15,10 +15,20 @@ from dataclasses import dataclass
 import ignite.distributed as idist
 import yaml
 
-from ignite_rn50 import checkpoints, cli, distributed, events, handlers, reporting, trackers
+from ignite_rn50 import (
+    checkpoints,
+    cli,
+    distributed,
+    environment,
+    events,
+    handlers,
+    reporting,
+    trackers,
+)
 from ignite_rn50 import device as dev
 from ignite_rn50.checkpoints import Checkpoints
 from ignite_rn50.config import Config
+from ignite_rn50.config_schema import save_config
 from ignite_rn50.engine import build_parts, build_trainer, create_evaluator, mix_spec
 from ignite_rn50.errors import Diverged, OutOfSpace
 from ignite_rn50.loop import Loop
@@ -34,17 +44,22 @@ def run_training(cfg: Config) -> None:
     """One process's run, step by step."""
     stop = GracefulStop()
     stop.install()  # from the start: a Ctrl-C during set-up stops at the first step
-    loop = build_loop(cfg, stop)
-    saves = checkpoints.setup_checkpoints(loop)
-    checkpoints.resume(loop, saves)
-    if loop.trainer.state.iteration >= cfg.epochs * loop.epoch_length:
-        log.info("the run in %s is already complete (%d epochs); nothing to do", loop.rt.out,
-                 loop.trainer.state.epoch)
-        return
-    outputs = attach_outputs(loop, saves)
-    log_start(loop)
-    trackers.attach_progress_bar(cfg.progress_bar, loop.rt.rank, loop.trainer)
-    run_until_done(loop, outputs)
+    try:
+        loop = build_loop(cfg, stop)
+        saves = checkpoints.setup_checkpoints(loop)
+        checkpoints.resume(loop, saves)
+        if loop.rt.is_main:  # once the folder's checkpoints accept this run
+            save_config(cfg, loop.rt.out / "config.yaml")
+        if loop.trainer.state.iteration >= cfg.epochs * loop.epoch_length:
+            log.info("the run in %s is already complete (%d epochs); nothing to do",
+                     loop.rt.out, loop.trainer.state.epoch)
+            return
+        outputs = attach_outputs(loop, saves)
+        log_start(loop)
+        trackers.attach_progress_bar(cfg.progress_bar, loop.rt.rank, loop.trainer)
+        run_until_done(loop, outputs)
+    finally:
+        stop.uninstall()  # the caller's handlers again, whatever stopped the run
 
 
 def build_loop(cfg: Config, stop: GracefulStop) -> Loop:
@@ -139,7 +154,10 @@ def finish_reports(loop: Loop, outputs: Outputs) -> None:
 
 def train(local_rank: int, cfg: Config) -> None:
     """Per-process entry (spawned children too); see cli.rank_main for the statuses."""
-    cli.rank_main(PROG, _train_logging_divergence, cfg)
+    try:
+        cli.rank_main(PROG, _train_logging_divergence, cfg)
+    finally:
+        environment.close_logging()
 
 
 def _train_logging_divergence(cfg: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -47,6 +48,20 @@ def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: floa
             ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], env=env or base_env(),
                           cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def run_main(capsys: pytest.CaptureFixture, args: list[str], module: str = "ignite_rn50.run"
+             ) -> subprocess.CompletedProcess:
+    """The entry point's ``main`` in this process: the same code as the command, without an
+    interpreter's start (seconds of imports on our CPUs), for runs that stop before training
+    (refusals). Runs that train, spawn or use the NPU stand-in go through ``run_cli``."""
+    capsys.readouterr()
+    try:
+        status = importlib.import_module(module).main(args)
+    except SystemExit as exc:  # argparse's own exit
+        status = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([module, *args], status, out.out, out.err)
 
 
 def read_summary(out: Path) -> dict:

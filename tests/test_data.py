@@ -15,7 +15,7 @@ from ignite_rn50.data import ImageSet, load_datasets, make_synthetic
 from ignite_rn50.datasets import CIFAR100_MEAN, DATASETS
 from ignite_rn50.errors import UserError
 
-from .conftest import TINY, assert_one_line_error, run_cli, write_cifar, write_cifar10
+from .conftest import TINY, assert_one_line_error, run_cli, run_main, write_cifar, write_cifar10
 
 
 def load_cifar(path: Path) -> tuple[ImageSet, ImageSet]:
@@ -78,14 +78,14 @@ def test_wrong_layout_and_missing_path(tmp_path: Path) -> None:
         load_cifar(tmp_path / "nope")
 
 
-def test_cli_bad_data_exit_2(tmp_path: Path) -> None:
+def test_cli_bad_data_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     base = [*TINY, "--dataset", "cifar100"]
-    assert_one_line_error(run_cli([*base, "--data", str(tmp_path / "missing"),
+    assert_one_line_error(run_main(capsys, [*base, "--data", str(tmp_path / "missing"),
                                    "--output-dir", str(tmp_path / "o")]),
                           "does not exist", "--data")
     folder = write_cifar(tmp_path / "d")
     _corrupt(folder, "truncated")
-    assert_one_line_error(run_cli([*base, "--data", str(tmp_path / "d"),
+    assert_one_line_error(run_main(capsys, [*base, "--data", str(tmp_path / "d"),
                                    "--output-dir", str(tmp_path / "o2")]), "truncated")
 
 
@@ -278,9 +278,10 @@ def test_cifar10_trains_and_evaluates_end_to_end(tmp_path: Path) -> None:
         "images=40"), last
 
 
-def test_a_cifar10_folder_with_the_cifar100_flag_names_the_fix(tmp_path: Path) -> None:
+def test_a_cifar10_folder_with_the_cifar100_flag_names_the_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_cifar10(tmp_path / "d")
-    line = assert_one_line_error(run_cli([*TINY, "--dataset", "cifar100", "--data",
+    line = assert_one_line_error(run_main(capsys, [*TINY, "--dataset", "cifar100", "--data",
                                           str(tmp_path / "d"), "--output-dir",
                                           str(tmp_path / "o")]), "holds no CIFAR-100")
     assert "it holds CIFAR-10: pass --dataset cifar10" in line
@@ -303,3 +304,22 @@ def test_download_without_data_is_one_line(tmp_path: Path) -> None:
                                               str(tmp_path / "o")]), "--download needs --data")
         assert folder in line
     assert not (tmp_path / "o").exists()
+
+
+def test_no_drop_last_trains_on_the_last_partial_batch(tmp_path: Path) -> None:
+    """mmcls's loader keeps an epoch's last partial batch; --no-drop-last does the same in
+    both pipelines (and with mixing: the partial batch mixes within itself)."""
+    data = make_synthetic(240, 10, 8, split_seed=1)
+    for drop, sizes in ((True, [32] * 7), (False, [32] * 7 + [16])):
+        feed = pipeline.Feed(32, drop_last=drop)
+        device = pipeline.DeviceTrainData(data, torch.device("cpu"), feed)
+        loader = pipeline.LoaderTrainData(data, feed, num_workers=0, pin_memory=False)
+        for train in (device, loader):
+            train.set_epoch(1)
+            assert len(train) == len(sizes) and [len(y) for _, y in train] == sizes
+    out = tmp_path / "keep"
+    proc = run_cli([*TINY, "--synthetic-train-size", "240", "--no-drop-last", "--mixup-alpha",
+                    "1", "--cutmix-alpha", "1", "--epochs", "1", "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 8 and summary["epochs_completed"] == 1

@@ -120,7 +120,7 @@ def test_steps_read_nothing_back_between_print_points(mixed: bool) -> None:
     mix = BatchMix(MixSpec.resolve(1.0, None, 1.0, None), 10, CPU, seed=0, rank=0)
     engine = create_trainer(make_train_step(model, opt, nn.CrossEntropyLoss(
         label_smoothing=0.1 if mixed else 0.0), AMP32, Inputs(CPU, mix=mix if mixed else None)))
-    handlers.FpsMeter(CPU, 8, warmup=2).attach(engine)
+    handlers.FpsMeter(CPU, warmup=2).attach(engine)
     LrSchedule(opt, ScheduleSpec(0.1, milestones=(1,), gamma=0.5, warmup_iters=3)).attach(engine)
     handlers.LossTracker(CPU, 4, lambda e, loss: None).attach(engine)
     GracefulStop().attach(engine, every=4)
@@ -289,16 +289,16 @@ class _Clock:
 
 def test_fps_meter_counts_steady_state_images() -> None:
     clock = _Clock()
-    meter = handlers.FpsMeter(CPU, batch_per_process=4, warmup=2, clock=clock)
+    meter = handlers.FpsMeter(CPU, warmup=2, clock=clock)
 
     def step(engine: Engine, batch: int) -> None:
         clock.now += 0.5 if engine.state.iteration % 10 == 1 else 0.02  # slow first step
 
-    class Batches:  # each batch takes 4 ms to fetch
+    class Batches:  # each batch (4 images) takes 4 ms to fetch
         def __iter__(self):
             for i in range(10):
                 clock.now += 0.004
-                yield i
+                yield i, torch.zeros(4)
 
         def __len__(self) -> int:
             return 10

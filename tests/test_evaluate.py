@@ -13,7 +13,15 @@ import yaml
 
 from ignite_rn50.weights import to_mmcls
 
-from .conftest import TINY, assert_one_line_error, free_port, model_state, read_summary, run_cli
+from .conftest import (
+    TINY,
+    assert_one_line_error,
+    free_port,
+    model_state,
+    read_summary,
+    run_cli,
+    run_main,
+)
 
 RESULT = re.compile(r"^top1=([\d.]+) top5=([\d.]+) loss=([\d.]+) images=(\d+)$")
 
@@ -93,11 +101,11 @@ def test_two_processes_count_each_image_once(trained: Path) -> None:
     (["--depth", "34"], "the file lacks 'layer1.2.conv1.weight'"),
     (["--synthetic-classes", "12"], "'fc.weight' has shape [10, 512] in the file, [12, 512]"),
 ])
-def test_file_of_another_model_is_refused(trained: Path, flags: list[str],
-                                          needle: str) -> None:
+def test_file_of_another_model_is_refused(trained: Path, flags: list[str], needle: str,
+                                          capsys: pytest.CaptureFixture) -> None:
     for name in ("checkpoint_1.pt", "mmcls_fp16_ddp.pth"):
-        proc = run_cli(["--checkpoint", str(trained / name), *TINY, *flags],
-                       module="ignite_rn50.evaluate")
+        proc = run_main(capsys, ["--checkpoint", str(trained / name), *TINY, *flags],
+                        module="ignite_rn50.evaluate")
         assert_one_line_error(proc, f"--checkpoint {trained / name}", needle)
 
 
@@ -121,8 +129,9 @@ def test_init_from_starts_a_new_run_from_the_weights(trained: Path, tmp_path: Pa
                               start["conv1.weight"], atol=1e-3)
 
 
-def test_init_from_a_file_of_another_model_is_refused(trained: Path, tmp_path: Path) -> None:
-    proc = run_cli([*TINY, "--depth", "34", "--init-from", str(trained / "mmcls_fp32.pth"),
+def test_init_from_a_file_of_another_model_is_refused(trained: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    proc = run_main(capsys, [*TINY, "--depth", "34", "--init-from", str(trained / "mmcls_fp32.pth"),
                     "--output-dir", str(tmp_path / "o")])
     assert_one_line_error(proc, "--init-from", "mmcls layout", "lacks 'layer1.2.conv1.weight'")
 

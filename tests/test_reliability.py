@@ -25,6 +25,7 @@ from .conftest import (
     model_state,
     read_summary,
     run_cli,
+    run_main,
 )
 
 
@@ -99,24 +100,28 @@ def test_resume_of_finished_run_does_nothing_and_older_resume_abandons_newer(
     assert read_summary(out)["epochs_completed"] == 3
 
 
-def test_mismatched_checkpoint_is_named(tmp_path: Path) -> None:
+def test_mismatched_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Refused before anything is written: the folder's config.yaml stays the run's."""
     out = tmp_path / "m"
     assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
-    proc = run_cli([*TINY, "--epochs", "2", "--depth", "34", "--output-dir", str(out),
+    config = (out / "config.yaml").read_text()
+    proc = run_main(capsys, [*TINY, "--epochs", "2", "--depth", "34", "--output-dir", str(out),
                     "--resume", "auto"])
     assert_one_line_error(proc, "does not match this run", "depth: checkpoint has 18")
-    proc = run_cli([*TINY, "--epochs", "2", "--synthetic-classes", "12",
+    proc = run_main(capsys, [*TINY, "--epochs", "2", "--synthetic-classes", "12",
                     "--output-dir", str(out), "--resume", "auto"])
     assert_one_line_error(proc, "num_classes: checkpoint has 10, this run 12")
-    proc = run_cli([*TINY, "--epochs", "2", "--batch-size", "16", "--output-dir", str(out),
-                    "--resume", "auto"])
+    proc = run_main(capsys, [*TINY, "--epochs", "2", "--batch-size", "16", "--output-dir",
+                             str(out), "--resume", "auto"])
     assert_one_line_error(proc, "8 iterations per epoch, this run has 16")
+    assert (out / "config.yaml").read_text() == config
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert_one_line_error(run_cli([*TINY, "--output-dir", str(tmp_path / "n"),
-                                   "--resume", str(bad)]), "not a loadable checkpoint")
-    assert_one_line_error(run_cli([*TINY, "--output-dir", str(tmp_path / "n2"),
-                                   "--resume", str(tmp_path / "missing.pt")]), "no such file")
+    assert_one_line_error(run_main(capsys, [*TINY, "--output-dir", str(tmp_path / "n"),
+                                            "--resume", str(bad)]), "not a loadable checkpoint")
+    assert_one_line_error(run_main(capsys, [*TINY, "--output-dir", str(tmp_path / "n2"),
+                                            "--resume", str(tmp_path / "missing.pt")]),
+                          "no such file")
 
 
 def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
@@ -157,10 +162,10 @@ def test_nan_loss_stops_with_epoch_and_iteration(tmp_path: Path) -> None:
     assert read_summary(out)["epochs_completed"] == 0
 
 
-def test_output_dir_not_writable(tmp_path: Path) -> None:
+def test_output_dir_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(run_cli([*TINY, "--output-dir", str(blocker / "sub")]),
+    assert_one_line_error(run_main(capsys, [*TINY, "--output-dir", str(blocker / "sub")]),
                           "--output-dir", "not writable")
 
 
@@ -180,10 +185,15 @@ def test_master_port_in_use(tmp_path: Path) -> None:
     (["--amp-backend", "apex"], "needs --device npu or cuda"),
     (["--data-pipeline", "device", "--batch-size", "512"], "fewer than the per-process batch"),
 ])
-def test_devices_and_sizes_absent(tmp_path: Path, args: list[str], needle: str) -> None:
+def test_devices_and_sizes_absent(tmp_path: Path, args: list[str], needle: str,
+                                  capsys: pytest.CaptureFixture) -> None:
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert_one_line_error(run_cli([*TINY, *args, "--output-dir", str(tmp_path / "o")]), needle)
+    if "npu" in args:  # a real process: nothing of torch_npu may come into this one
+        proc = run_cli([*TINY, *args, "--output-dir", str(tmp_path / "o")])
+    else:
+        proc = run_main(capsys, [*TINY, *args, "--output-dir", str(tmp_path / "o")])
+    assert_one_line_error(proc, needle)
 
 
 def test_npu_card_out_of_range_and_apex_missing(tmp_path: Path,
@@ -195,9 +205,9 @@ def test_npu_card_out_of_range_and_apex_missing(tmp_path: Path,
                           "needs apex")
 
 
-def test_empty_data_folder(tmp_path: Path) -> None:
+def test_empty_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_cli([*TINY, "--dataset", "cifar100", "--data",
+    assert_one_line_error(run_main(capsys, [*TINY, "--dataset", "cifar100", "--data",
                                    str(tmp_path / "empty"), "--output-dir",
                                    str(tmp_path / "o")]), "holds no CIFAR-100", "nothing")
 

@@ -1,0 +1,206 @@
+"""``python -m ignite_rn50.export --checkpoint FILE --output model.onnx [run flags]``: the
+trained model as ONNX for deployment, checked by onnxruntime before it is kept.
+
+FILE is a checkpoint of this trainer or of the ModelZoo package (mmcls 0.x, fp16 from apex O2
+included; weights are cast to fp32). The model flags (``--depth``, ``--dataset``, or a run's
+``--config``) say which model it is, as for ``evaluate``. The file is written beside OUTPUT
+under a temporary name, checked (onnxruntime on the CPU against PyTorch, on test images),
+then renamed: a failure leaves nothing half-written. The last stdout line:
+``onnx=<path> opset=<n> batch=<static n|dynamic> max_abs_diff=<float> top1_agree=<k>/<n>``.
+
+Exporters: torch's TorchScript exporter (``dynamo=False``) for opsets up to 17: it still
+writes opset 11, which Ascend's ATC and both ModelZoo export scripts use, and its
+deprecation warning is kept from the user; the dynamo exporter for 18 and newer, which it
+cannot convert down to 11.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ignite_rn50 import cli
+from ignite_rn50.config import Config
+from ignite_rn50.config_schema import build_parser, config_from_args
+from ignite_rn50.errors import Stop, UserError
+
+PROG = "ignite_rn50.export"
+NAMES = {"mmcls": ("input", "probs"), "modelzoo": ("actual_input_1", "output1")}
+TORCHSCRIPT_OPSETS = range(9, 18)  # what the TorchScript exporter writes here (torch 2.14)
+CHECK_TOLERANCE = 1e-3  # fp32 logits of onnxruntime against PyTorch's
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    cfg: Config
+    checkpoint: Path
+    output: Path
+    opset: int
+    batch: int | None  # None: dynamic
+    names: str
+    softmax: bool
+    aipp: Path | None
+    with_preprocess: bool
+    verify_data: bool
+
+
+def build_export_parser() -> argparse.ArgumentParser:
+    parser = build_parser(prog=f"python -m {PROG}", description="Export a checkpoint (ours "
+                          "or mmcls 0.x) to ONNX and check it with onnxruntime.")
+    group = parser.add_argument_group("export")
+    group.add_argument("--checkpoint", required=True, help="checkpoint file to export")
+    group.add_argument("--output", required=True, help="the .onnx file to write")
+    group.add_argument("--opset", type=int, default=11, help="ONNX opset (default: 11, what "
+                       "ATC and the ModelZoo export scripts use; 9-17 TorchScript exporter, "
+                       "18+ dynamo exporter)")
+    batch = group.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="static batch size (default: 1)")
+    batch.add_argument("--dynamic-batch", action="store_true",
+                       help="a dynamic batch dimension instead of a static one")
+    group.add_argument("--names", choices=list(NAMES), default="mmcls",
+                       help="input/output names: mmcls = input/probs (its pytorch2onnx.py), "
+                       "modelzoo = actual_input_1/output1 (the ModelZoo pth2onnx.py scripts); "
+                       "default: mmcls")
+    group.add_argument("--softmax", action="store_true", help="append a softmax (class "
+                       "probabilities, as mmcls's export) to the logits")
+    pre = group.add_mutually_exclusive_group()
+    pre.add_argument("--aipp", metavar="FILE", help="also write the AIPP config for Ascend's "
+                     "ATC (uint8 RGB in, the dataset's normalisation on the chip) and print "
+                     "the atc command for it")
+    pre.add_argument("--with-preprocess", action="store_true", help="fold uint8 -> float and "
+                     "the dataset's normalisation into the graph (input uint8 NCHW)")
+    group.add_argument("--verify-data", action="store_true", help="run the exported model "
+                       "over the whole test split with onnxruntime: top-1/top-5 as evaluate")
+    return parser
+
+
+TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": False,
+                 "amp_backend": "native", "download": False, "device": "cpu", "nproc": 1,
+                 "nodes": 1, "node_rank": 0}
+
+
+def parse(argv: list[str] | None) -> ExportJob:
+    args = vars(build_export_parser().parse_args(argv))
+    job = {name: args.pop(name) for name in ("checkpoint", "output", "opset", "batch",
+                                             "dynamic_batch", "names", "softmax", "aipp",
+                                             "with_preprocess", "verify_data")
+           if name in args}
+    cfg = config_from_args(args, fixed=TRAINING_ONLY)
+    checkpoint = Path(job["checkpoint"]).expanduser()
+    if not checkpoint.is_file():
+        raise UserError(f"--checkpoint {checkpoint}: no such file; pass an existing checkpoint")
+    batch = None if job.get("dynamic_batch") else job.get("batch", 1)
+    if batch is not None and batch < 1:
+        raise UserError(f"--batch must be positive, got {batch}")
+    opset = job.get("opset", 11)
+    if opset < TORCHSCRIPT_OPSETS.start:
+        raise UserError(f"--opset {opset} is older than the exporter writes; pass "
+                        f"{TORCHSCRIPT_OPSETS.start} or newer (11 for ATC)")
+    aipp = job.get("aipp")
+    return ExportJob(cfg, checkpoint, Path(job["output"]).expanduser().resolve(), opset, batch,
+                     job.get("names", "mmcls"), bool(job.get("softmax")),
+                     Path(aipp).expanduser().resolve() if aipp else None,
+                     bool(job.get("with_preprocess")), bool(job.get("verify_data")))
+
+
+def run_export(job: ExportJob) -> None:
+    """Export, check, then keep: the file appears under its name only once onnxruntime
+    agrees with PyTorch on the test split's first images."""
+    from ignite_rn50 import deploy
+    from ignite_rn50.evaluate import EvalJob, load_test_and_model
+
+    deploy.require_packages(job.opset)
+    test, model = load_test_and_model(EvalJob(job.cfg, job.checkpoint))
+    module = deploy.ExportModel(model.float().eval(), test.mean, test.std,
+                                job.with_preprocess, job.softmax)
+    spec = deploy.GraphSpec(job.opset, job.batch, *NAMES[job.names], job.with_preprocess,
+                            test.image_size)
+    sizes = deploy.check_sizes(job.batch, len(test))
+    inputs = _model_inputs(test, job.with_preprocess)
+    tmp = _temporary_beside(job.output)
+    try:
+        deploy.export(module, spec, tmp)
+        onnx_model = deploy.OnnxModel(tmp)
+        if onnx_model.opset != job.opset:
+            raise UserError(f"--opset {job.opset}: the exporter wrote opset {onnx_model.opset} "
+                            f"instead; pass an opset it writes (9-17, or 18 with onnxscript)")
+        agreement = deploy.compare(module, onnx_model, deploy.as_batches(inputs, sizes))
+        if agreement.max_abs_diff > CHECK_TOLERANCE or agreement.top1_agree < agreement.images:
+            raise Stop(f"onnxruntime disagrees with PyTorch on {job.output.name}: max abs "
+                       f"difference {agreement.max_abs_diff:.3g}, top-1 agrees on "
+                       f"{agreement.top1_agree}/{agreement.images}; nothing was written")
+        if job.aipp is not None:
+            _write_aipp(job, spec, test, onnx_model)
+        if job.verify_data:
+            top1, top5, images = deploy.accuracy(onnx_model, inputs, test.labels, job.batch)
+            print(f"onnxruntime on the test split: top1={top1:.4f} top5={top5:.4f} "
+                  f"images={images}", flush=True)
+        os.replace(tmp, job.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    batch = f"static {job.batch}" if job.batch else "dynamic"
+    print(f"onnx={job.output} opset={onnx_model.opset} batch={batch} "
+          f"max_abs_diff={agreement.max_abs_diff:.3g} "
+          f"top1_agree={agreement.top1_agree}/{agreement.images}", flush=True)
+
+
+def _model_inputs(test: Any, uint8: bool) -> Any:
+    """The test split as the exported graph takes it: uint8 NCHW, or normalised floats with
+    exactly the evaluation pipeline's arithmetic."""
+    from ignite_rn50 import pipeline
+
+    if uint8:
+        return test.images
+    return pipeline.normalize(test.images, pipeline.Normalization.of(test))
+
+
+def _temporary_beside(output: Path) -> Path:
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; pass a file name (model.onnx)")
+    try:
+        fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.",
+                                    suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"--output {output}: {output.parent} is not writable ({exc.strerror}); "
+                        "pass a writable folder") from None
+    os.close(fd)
+    os.chmod(name, 0o644)  # as any file the user writes (mkstemp makes it private)
+    return Path(name)
+
+
+def _write_aipp(job: ExportJob, spec: Any, test: Any, onnx_model: Any) -> None:
+    """The AIPP config for ATC and its command line; the config's arithmetic checked by
+    applying its formula to the uint8 test images."""
+    import numpy as np
+
+    from ignite_rn50 import deploy
+
+    assert job.aipp is not None
+    try:
+        job.aipp.write_text(deploy.aipp_config(test.mean, test.std, test.image_size))
+    except OSError as exc:
+        raise UserError(f"--aipp {job.aipp} cannot be written ({exc.strerror}); pass a "
+                        "writable path") from None
+    n = job.batch or 8
+    aipp_in = deploy.aipp_apply(test.images[:n].numpy(), test.mean, test.std)
+    float_in = _model_inputs(test, uint8=False)[:n].numpy()
+    by_aipp, by_pipeline = onnx_model(aipp_in), onnx_model(float_in)
+    diff = float(np.abs(by_aipp - by_pipeline).max())
+    agree = int((by_aipp.argmax(1) == by_pipeline.argmax(1)).sum())
+    print(f"aipp={job.aipp} (RGB888_U8, mean {'/'.join(f'{m:g}' for m in test.mean)}, "
+          f"var_reci 1/std) checked on {n} uint8 test images: max_abs_diff={diff:.3g} "
+          f"top1_agree={agree}/{n}", flush=True)
+    print(f"atc: {deploy.atc_command(job.output, job.aipp, spec)}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(PROG, parse, run_export, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
