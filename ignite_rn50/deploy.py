@@ -113,6 +113,23 @@ def export(module: ExportModel, spec: GraphSpec, path: Path) -> None:
         raise UserError(f"--opset {spec.opset}: the exporter refused it ({first}); pass "
                         "--opset 11 (ATC) or another one it writes (9-17, 18+ with "
                         "onnxscript)") from None
+    finally:
+        inline_external_data(path)
+
+
+def inline_external_data(path: Path) -> None:
+    """One self-contained file: the dynamo exporter (and onnx's version converter) may put
+    the weights beside it as ``<file>.data``, which a rename would orphan."""
+    data = path.with_name(path.name + ".data")
+    if not data.exists():
+        return
+    import onnx
+
+    try:
+        if path.exists():
+            onnx.save(onnx.load(str(path)), str(path), save_as_external_data=False)
+    finally:
+        data.unlink(missing_ok=True)
 
 
 class OnnxModel:

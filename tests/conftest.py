@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import json
 import os
 import pickle
@@ -50,18 +52,18 @@ def run_cli(args: list[str], *, env: dict[str, str] | None = None, timeout: floa
                           cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def run_main(capsys: pytest.CaptureFixture, args: list[str], module: str = "ignite_rn50.run"
-             ) -> subprocess.CompletedProcess:
+def run_main(args: list[str], module: str = "ignite_rn50.run") -> subprocess.CompletedProcess:
     """The entry point's ``main`` in this process: the same code as the command, without an
-    interpreter's start (seconds of imports on our CPUs), for runs that stop before training
-    (refusals). Runs that train, spawn or use the NPU stand-in go through ``run_cli``."""
-    capsys.readouterr()
-    try:
-        status = importlib.import_module(module).main(args)
-    except SystemExit as exc:  # argparse's own exit
-        status = exc.code if isinstance(exc.code, int) else 1
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess([module, *args], status, out.out, out.err)
+    interpreter's start (seconds of imports on our CPUs). For single-process CPU runs that
+    need no signal, no worker process and no NPU stand-in; the others go through
+    ``run_cli``. (The run's first log line then names pytest's command line.)"""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = importlib.import_module(module).main(list(args))
+        except SystemExit as exc:  # argparse's own exit
+            status = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess([module, *args], status, out.getvalue(), err.getvalue())
 
 
 def read_summary(out: Path) -> dict:

@@ -78,14 +78,14 @@ def test_wrong_layout_and_missing_path(tmp_path: Path) -> None:
         load_cifar(tmp_path / "nope")
 
 
-def test_cli_bad_data_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_bad_data_exit_2(tmp_path: Path) -> None:
     base = [*TINY, "--dataset", "cifar100"]
-    assert_one_line_error(run_main(capsys, [*base, "--data", str(tmp_path / "missing"),
+    assert_one_line_error(run_main([*base, "--data", str(tmp_path / "missing"),
                                    "--output-dir", str(tmp_path / "o")]),
                           "does not exist", "--data")
     folder = write_cifar(tmp_path / "d")
     _corrupt(folder, "truncated")
-    assert_one_line_error(run_main(capsys, [*base, "--data", str(tmp_path / "d"),
+    assert_one_line_error(run_main([*base, "--data", str(tmp_path / "d"),
                                    "--output-dir", str(tmp_path / "o2")]), "truncated")
 
 
@@ -263,15 +263,15 @@ def test_cifar10_trains_and_evaluates_end_to_end(tmp_path: Path) -> None:
     write_cifar10(tmp_path / "d", per_batch=32, n_test=40)
     out = tmp_path / "run"
     base = [*TINY, "--dataset", "cifar10", "--data", str(tmp_path / "d")]
-    proc = run_cli([*base, "--output-dir", str(out)])
+    proc = run_main([*base, "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"] == "cifar10" and summary["epochs_completed"] == 2
     assert summary["iterations"] == 2 * (160 // 32)
     state = torch.load(out / "checkpoint_2.pt", map_location="cpu", weights_only=True)
     assert state["model"]["fc.weight"].shape == (10, 512)
-    done = run_cli(["--checkpoint", str(out / "checkpoint_2.pt"), "--config",
-                    str(out / "config.yaml")], module="ignite_rn50.evaluate")
+    done = run_main(["--checkpoint", str(out / "checkpoint_2.pt"), "--config",
+                     str(out / "config.yaml")], module="ignite_rn50.evaluate")
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith(f"top1={100 * summary['final_top1']:.4f} ") and last.endswith(
@@ -279,9 +279,9 @@ def test_cifar10_trains_and_evaluates_end_to_end(tmp_path: Path) -> None:
 
 
 def test_a_cifar10_folder_with_the_cifar100_flag_names_the_fix(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path) -> None:
     write_cifar10(tmp_path / "d")
-    line = assert_one_line_error(run_main(capsys, [*TINY, "--dataset", "cifar100", "--data",
+    line = assert_one_line_error(run_main([*TINY, "--dataset", "cifar100", "--data",
                                           str(tmp_path / "d"), "--output-dir",
                                           str(tmp_path / "o")]), "holds no CIFAR-100")
     assert "it holds CIFAR-10: pass --dataset cifar10" in line
@@ -318,7 +318,7 @@ def test_no_drop_last_trains_on_the_last_partial_batch(tmp_path: Path) -> None:
             train.set_epoch(1)
             assert len(train) == len(sizes) and [len(y) for _, y in train] == sizes
     out = tmp_path / "keep"
-    proc = run_cli([*TINY, "--synthetic-train-size", "240", "--no-drop-last", "--mixup-alpha",
+    proc = run_main([*TINY, "--synthetic-train-size", "240", "--no-drop-last", "--mixup-alpha",
                     "1", "--cutmix-alpha", "1", "--epochs", "1", "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

@@ -30,7 +30,7 @@ RESULT = re.compile(r"^top1=([\d.]+) top5=([\d.]+) loss=([\d.]+) images=(\d+)$")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny epoch; its checkpoint, in our layout and re-laid as mmcls would save it."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)])
+    proc = run_main([*TINY, "--epochs", "1", "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = model_state(out / "checkpoint_1.pt")
     meta = {"epoch": 1, "iter": 8, "mmcls_version": "0.23.2", "mmcv_version": "1.7.0",
@@ -101,10 +101,9 @@ def test_two_processes_count_each_image_once(trained: Path) -> None:
     (["--depth", "34"], "the file lacks 'layer1.2.conv1.weight'"),
     (["--synthetic-classes", "12"], "'fc.weight' has shape [10, 512] in the file, [12, 512]"),
 ])
-def test_file_of_another_model_is_refused(trained: Path, flags: list[str], needle: str,
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_file_of_another_model_is_refused(trained: Path, flags: list[str], needle: str) -> None:
     for name in ("checkpoint_1.pt", "mmcls_fp16_ddp.pth"):
-        proc = run_main(capsys, ["--checkpoint", str(trained / name), *TINY, *flags],
+        proc = run_main(["--checkpoint", str(trained / name), *TINY, *flags],
                         module="ignite_rn50.evaluate")
         assert_one_line_error(proc, f"--checkpoint {trained / name}", needle)
 
@@ -129,9 +128,8 @@ def test_init_from_starts_a_new_run_from_the_weights(trained: Path, tmp_path: Pa
                               start["conv1.weight"], atol=1e-3)
 
 
-def test_init_from_a_file_of_another_model_is_refused(trained: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
-    proc = run_main(capsys, [*TINY, "--depth", "34", "--init-from", str(trained / "mmcls_fp32.pth"),
+def test_init_from_a_file_of_another_model_is_refused(trained: Path, tmp_path: Path) -> None:
+    proc = run_main([*TINY, "--depth", "34", "--init-from", str(trained / "mmcls_fp32.pth"),
                     "--output-dir", str(tmp_path / "o")])
     assert_one_line_error(proc, "--init-from", "mmcls layout", "lacks 'layer1.2.conv1.weight'")
 

@@ -16,7 +16,7 @@ import onnxruntime
 import pytest
 import torch
 
-from ignite_rn50 import export, pipeline
+from ignite_rn50 import pipeline
 from ignite_rn50.data import make_synthetic
 from ignite_rn50.weights import to_mmcls
 
@@ -29,7 +29,7 @@ LAST = re.compile(r"^onnx=(\S+) opset=(\d+) batch=(static \d+|dynamic) max_abs_d
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export") / "run"
-    proc = run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)])
+    proc = run_main([*TINY, "--epochs", "1", "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = to_mmcls(model_state(out / "checkpoint_1.pt"))
     fp16 = {"module." + k: v.half() if v.is_floating_point() and "bn" not in k else v
@@ -38,13 +38,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _export(trained: Path, capsys: pytest.CaptureFixture, *flags: str,
-            checkpoint: str = "checkpoint_1.pt") -> tuple[int, list[str], str]:
+def _export(trained: Path, *flags: str, checkpoint: str = "checkpoint_1.pt"
+            ) -> tuple[int, list[str], str]:
     """In this process (torch is loaded already): the exit status, stdout lines, stderr."""
-    status = export.main(["--checkpoint", str(trained / checkpoint), "--config",
-                          str(trained / "config.yaml"), *flags])
-    out = capsys.readouterr()
-    return status, out.out.strip().splitlines(), out.err
+    proc = run_main(["--checkpoint", str(trained / checkpoint), "--config",
+                     str(trained / "config.yaml"), *flags], module="ignite_rn50.export")
+    return proc.returncode, proc.stdout.strip().splitlines(), proc.stderr
 
 
 def _last(lines: list[str]) -> re.Match:
@@ -63,10 +62,9 @@ def _ours(trained: Path, checkpoint: str, x: torch.Tensor) -> np.ndarray:
         return model.eval()(x).numpy()
 
 
-def test_static_batch_export_agrees_with_pytorch(trained: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture) -> None:
+def test_static_batch_export_agrees_with_pytorch(trained: Path, tmp_path: Path) -> None:
     path = tmp_path / "static.onnx"
-    status, lines, err = _export(trained, capsys, "--output", str(path), "--batch", "4")
+    status, lines, err = _export(trained, "--output", str(path), "--batch", "4")
     assert status == 0, err
     match = _last(lines)
     assert (match[1], match[2], match[3]) == (str(path), "11", "static 4")
@@ -84,10 +82,9 @@ def test_static_batch_export_agrees_with_pytorch(trained: Path, tmp_path: Path,
     assert np.abs(theirs - _ours(trained, "checkpoint_1.pt", x)).max() < 1e-4
 
 
-def test_mmcls_fp16_file_exports_with_a_dynamic_batch(trained: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_mmcls_fp16_file_exports_with_a_dynamic_batch(trained: Path, tmp_path: Path) -> None:
     path = tmp_path / "dynamic.onnx"
-    status, lines, err = _export(trained, capsys, "--output", str(path), "--dynamic-batch",
+    status, lines, err = _export(trained, "--output", str(path), "--dynamic-batch",
                                  checkpoint="mmcls_fp16.pth")
     assert status == 0, err
     match = _last(lines)
@@ -102,9 +99,8 @@ def test_mmcls_fp16_file_exports_with_a_dynamic_batch(trained: Path, tmp_path: P
         assert (theirs.argmax(1) == ours.argmax(1)).all()
 
 
-def test_verify_data_equals_evaluate(trained: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture) -> None:
-    status, lines, err = _export(trained, capsys, "--output", str(tmp_path / "m.onnx"),
+def test_verify_data_equals_evaluate(trained: Path, tmp_path: Path) -> None:
+    status, lines, err = _export(trained, "--output", str(tmp_path / "m.onnx"),
                                  "--batch", "16", "--verify-data")
     assert status == 0, err
     onnx_line = next(line for line in lines if line.startswith("onnxruntime on the test split"))
@@ -116,10 +112,9 @@ def test_verify_data_equals_evaluate(trained: Path, tmp_path: Path,
     assert onnx_line.endswith(f"top1={top1} top5={top5} images={images}"), (onnx_line, top1)
 
 
-def test_aipp_config_and_atc_command(trained: Path, tmp_path: Path,
-                                     capsys: pytest.CaptureFixture) -> None:
+def test_aipp_config_and_atc_command(trained: Path, tmp_path: Path) -> None:
     path, aipp = tmp_path / "m.onnx", tmp_path / "aipp.conf"
-    status, lines, err = _export(trained, capsys, "--output", str(path), "--batch", "4",
+    status, lines, err = _export(trained, "--output", str(path), "--batch", "4",
                                  "--aipp", str(aipp))
     assert status == 0, err
     text = aipp.read_text()
@@ -135,10 +130,9 @@ def test_aipp_config_and_atc_command(trained: Path, tmp_path: Path,
     assert '--input_shape="input:4,3,8,8"' in atc and f"--insert_op_conf={aipp}" in atc
 
 
-def test_modelzoo_names_softmax_and_folded_preprocessing(trained: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_modelzoo_names_softmax_and_folded_preprocessing(trained: Path, tmp_path: Path) -> None:
     path = tmp_path / "pre.onnx"
-    status, lines, err = _export(trained, capsys, "--output", str(path), "--batch", "2",
+    status, lines, err = _export(trained, "--output", str(path), "--batch", "2",
                                  "--names", "modelzoo", "--softmax", "--with-preprocess")
     assert status == 0, err
     graph = onnx.load(str(path)).graph
@@ -152,20 +146,19 @@ def test_modelzoo_names_softmax_and_folded_preprocessing(trained: Path, tmp_path
     assert np.abs(probs - ours).max() < 1e-5 and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
-def test_other_opsets(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_other_opsets(trained: Path, tmp_path: Path) -> None:
     """13: the TorchScript exporter still; 18: the dynamo exporter (onnxscript)."""
     for opset in ("13", "18"):
-        status, lines, err = _export(trained, capsys, "--output", str(tmp_path / f"{opset}.onnx"),
+        status, lines, err = _export(trained, "--output", str(tmp_path / f"{opset}.onnx"),
                                      "--opset", opset)
         assert status == 0 and err == "", err
         match = _last(lines)
         assert match[2] == opset and float(match[4]) < 1e-4
 
 
-def test_refusals_are_one_line_and_leave_nothing(trained: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_refusals_are_one_line_and_leave_nothing(trained: Path, tmp_path: Path) -> None:
     def refused(*flags: str, needle: str, checkpoint: str = "checkpoint_1.pt") -> None:
-        proc = run_main(capsys, ["--checkpoint", str(trained / checkpoint), "--config",
+        proc = run_main(["--checkpoint", str(trained / checkpoint), "--config",
                                  str(trained / "config.yaml"), *flags],
                         module="ignite_rn50.export")
         assert_one_line_error(proc, needle)

@@ -102,8 +102,8 @@ def test_captured_lr_follows_the_schedule_through_a_device_tensor() -> None:
         assert opt.param_groups[0]["lr"] is tensor  # the same tensor the capture recorded
 
 
-def test_graph_refused_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert_one_line_error(run_main(capsys, [*TINY, "--graph", "--output-dir", str(tmp_path / "o")]),
+def test_graph_refused_on_cpu(tmp_path: Path) -> None:
+    assert_one_line_error(run_main([*TINY, "--graph", "--output-dir", str(tmp_path / "o")]),
                           "--graph", "--device cuda or npu")
     assert not (tmp_path / "o").exists()
 
@@ -112,9 +112,8 @@ def test_graph_refused_on_cpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     (["--nproc", "2"], "--graph with several processes"),
     (["--compile"], "--graph and --compile"),
 ])
-def test_graph_combinations_refused(tmp_path: Path, extra: list[str], needle: str,
-                                    capsys: pytest.CaptureFixture) -> None:
-    assert_one_line_error(run_main(capsys, [*TINY, "--graph", *extra, "--output-dir",
+def test_graph_combinations_refused(tmp_path: Path, extra: list[str], needle: str) -> None:
+    assert_one_line_error(run_main([*TINY, "--graph", *extra, "--output-dir",
                                    str(tmp_path / "o")]), needle)
 
 

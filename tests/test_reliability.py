@@ -61,7 +61,7 @@ def test_kill_9_then_resume_auto_finishes(tmp_path: Path) -> None:
     (out / "checkpoint_99.pt").unlink()
     # the killed run's lock file stays, naming it; its OS lock died with it
     assert f'"pid": {proc.pid}' in (out / ".ignite_rn50.lock").read_text()
-    done = run_cli([*args, "--resume", "auto"])
+    done = run_main([*args, "--resume", "auto"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert "checkpoint_1.pt" in done.stdout
     summary = read_summary(out)
@@ -71,8 +71,8 @@ def test_kill_9_then_resume_auto_finishes(tmp_path: Path) -> None:
 def test_retention_bounded_across_resumes(tmp_path: Path) -> None:
     out = tmp_path / "r"
     args = [*TINY, "--keep-checkpoints", "2", "--output-dir", str(out)]
-    assert run_cli([*args, "--epochs", "3"]).returncode == 0
-    assert run_cli([*args, "--epochs", "5", "--resume", "auto"]).returncode == 0
+    assert run_main([*args, "--epochs", "3"]).returncode == 0
+    assert run_main([*args, "--epochs", "5", "--resume", "auto"]).returncode == 0
     names = sorted(p.name for p in out.glob("*.pt"))
     assert [n for n in names if n.startswith("checkpoint_")] == ["checkpoint_4.pt",
                                                                  "checkpoint_5.pt"]
@@ -89,37 +89,37 @@ def test_resume_of_finished_run_does_nothing_and_older_resume_abandons_newer(
                 if p.suffix == ".pt" or p.name in ("summary.json", "curves.png")}
 
     before = results()
-    again = run_cli([*args, "--resume", "auto"])
+    again = run_main([*args, "--resume", "auto"])
     assert again.returncode == 0 and "already complete" in again.stdout
     assert results() == before
 
-    older = run_cli([*args, "--resume", str(out / "checkpoint_1.pt")])
+    older = run_main([*args, "--resume", str(out / "checkpoint_1.pt")])
     assert older.returncode == 0, older.stderr[-3000:]
     assert (out / "checkpoint_3.pt.abandoned").is_file()
     assert (out / "checkpoint_3.pt").is_file()  # saving went on past the abandoned points
     assert read_summary(out)["epochs_completed"] == 3
 
 
-def test_mismatched_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_mismatched_checkpoint_is_named(tmp_path: Path) -> None:
     """Refused before anything is written: the folder's config.yaml stays the run's."""
     out = tmp_path / "m"
-    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
+    assert run_main([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
     config = (out / "config.yaml").read_text()
-    proc = run_main(capsys, [*TINY, "--epochs", "2", "--depth", "34", "--output-dir", str(out),
+    proc = run_main([*TINY, "--epochs", "2", "--depth", "34", "--output-dir", str(out),
                     "--resume", "auto"])
     assert_one_line_error(proc, "does not match this run", "depth: checkpoint has 18")
-    proc = run_main(capsys, [*TINY, "--epochs", "2", "--synthetic-classes", "12",
+    proc = run_main([*TINY, "--epochs", "2", "--synthetic-classes", "12",
                     "--output-dir", str(out), "--resume", "auto"])
     assert_one_line_error(proc, "num_classes: checkpoint has 10, this run 12")
-    proc = run_main(capsys, [*TINY, "--epochs", "2", "--batch-size", "16", "--output-dir",
+    proc = run_main([*TINY, "--epochs", "2", "--batch-size", "16", "--output-dir",
                              str(out), "--resume", "auto"])
     assert_one_line_error(proc, "8 iterations per epoch, this run has 16")
     assert (out / "config.yaml").read_text() == config
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert_one_line_error(run_main(capsys, [*TINY, "--output-dir", str(tmp_path / "n"),
+    assert_one_line_error(run_main([*TINY, "--output-dir", str(tmp_path / "n"),
                                             "--resume", str(bad)]), "not a loadable checkpoint")
-    assert_one_line_error(run_main(capsys, [*TINY, "--output-dir", str(tmp_path / "n2"),
+    assert_one_line_error(run_main([*TINY, "--output-dir", str(tmp_path / "n2"),
                                             "--resume", str(tmp_path / "missing.pt")]),
                           "no such file")
 
@@ -127,7 +127,7 @@ def test_mismatched_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFi
 def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     args = [*TINY, "--epochs", "2", "--print-freq", "1"]
     full = tmp_path / "full"
-    assert run_cli([*args, "--output-dir", str(full)]).returncode == 0
+    assert run_main([*args, "--output-dir", str(full)]).returncode == 0
     out = tmp_path / "t"
     proc = _popen([*args, "--output-dir", str(out)])
     _wait_for(proc, r"Epoch \[1/2\] Iter \[3/")
@@ -140,7 +140,7 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert len(saved) == 1
     step = int(re.search(r"_(\d+)\.pt", saved[0].name)[1])
     assert 3 <= step < 8  # mid-epoch 1 (8 iterations an epoch)
-    done = run_cli([*args, "--output-dir", str(out), "--resume", "auto"])
+    done = run_main([*args, "--output-dir", str(out), "--resume", "auto"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert not list(out.glob("interrupted_checkpoint_*.pt"))  # superseded by epoch saves
     # mid-epoch resume replays exactly the remaining batches: same weights as no stop
@@ -151,7 +151,7 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
 def test_nan_loss_stops_with_epoch_and_iteration(tmp_path: Path) -> None:
     out = tmp_path / "nan"
-    proc = run_cli([*TINY, "--lr", "1e12", "--epochs", "3", "--print-freq", "1",
+    proc = run_main([*TINY, "--lr", "1e12", "--epochs", "3", "--print-freq", "1",
                     "--output-dir", str(out)])
     assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
     line = [ln for ln in proc.stdout.splitlines() if "NaN/inf" in ln]
@@ -162,10 +162,10 @@ def test_nan_loss_stops_with_epoch_and_iteration(tmp_path: Path) -> None:
     assert read_summary(out)["epochs_completed"] == 0
 
 
-def test_output_dir_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_output_dir_not_writable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(run_main(capsys, [*TINY, "--output-dir", str(blocker / "sub")]),
+    assert_one_line_error(run_main([*TINY, "--output-dir", str(blocker / "sub")]),
                           "--output-dir", "not writable")
 
 
@@ -185,14 +185,13 @@ def test_master_port_in_use(tmp_path: Path) -> None:
     (["--amp-backend", "apex"], "needs --device npu or cuda"),
     (["--data-pipeline", "device", "--batch-size", "512"], "fewer than the per-process batch"),
 ])
-def test_devices_and_sizes_absent(tmp_path: Path, args: list[str], needle: str,
-                                  capsys: pytest.CaptureFixture) -> None:
+def test_devices_and_sizes_absent(tmp_path: Path, args: list[str], needle: str) -> None:
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     if "npu" in args:  # a real process: nothing of torch_npu may come into this one
         proc = run_cli([*TINY, *args, "--output-dir", str(tmp_path / "o")])
     else:
-        proc = run_main(capsys, [*TINY, *args, "--output-dir", str(tmp_path / "o")])
+        proc = run_main([*TINY, *args, "--output-dir", str(tmp_path / "o")])
     assert_one_line_error(proc, needle)
 
 
@@ -205,9 +204,9 @@ def test_npu_card_out_of_range_and_apex_missing(tmp_path: Path,
                           "needs apex")
 
 
-def test_empty_data_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_empty_data_folder(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_main(capsys, [*TINY, "--dataset", "cifar100", "--data",
+    assert_one_line_error(run_main([*TINY, "--dataset", "cifar100", "--data",
                                    str(tmp_path / "empty"), "--output-dir",
                                    str(tmp_path / "o")]), "holds no CIFAR-100", "nothing")
 
@@ -313,7 +312,7 @@ def test_save_every_iters_then_kill_9_resumes_bit_exactly(tmp_path: Path) -> Non
     and the next epoch checkpoint removes it."""
     args = [*TINY, "--epochs", "3", "--print-freq", "1", "--save-every-iters", "3"]
     full = tmp_path / "full"
-    assert run_cli([*args, "--output-dir", str(full)]).returncode == 0
+    assert run_main([*args, "--output-dir", str(full)]).returncode == 0
     assert not list(full.glob("iteration_checkpoint_*"))  # every epoch ended with its save
     out = tmp_path / "k"
     proc = _popen([*args, "--output-dir", str(out)])
@@ -324,7 +323,7 @@ def test_save_every_iters_then_kill_9_resumes_bit_exactly(tmp_path: Path) -> Non
     assert len(mids) == 1 and int(re.search(r"_(\d+)\.pt", mids[0])[1]) in (12, 15), mids
     assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_1.pt"]
     assert find_latest_checkpoint(out) == out / mids[0]
-    done = run_cli([*args, "--output-dir", str(out), "--resume", "auto"])
+    done = run_main([*args, "--output-dir", str(out), "--resume", "auto"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resumed from {out / mids[0]}" in done.stdout
     assert not list(out.glob("iteration_checkpoint_*"))
@@ -349,7 +348,7 @@ def test_full_disk_during_a_save_is_one_line_and_resume_finishes(tmp_path: Path,
     assert not [p for p in out.iterdir() if p.name.startswith("tmp")]  # no half-written file
     torch.load(out / "checkpoint_1.pt", map_location="cpu", weights_only=True)
     tmpfs.resize(disk, "600m")
-    done = run_cli([*args, "--resume", "auto"])
+    done = run_main([*args, "--resume", "auto"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert read_summary(out)["epochs_completed"] == 2
 
@@ -373,7 +372,7 @@ def assert_one_line_error_status(proc: subprocess.CompletedProcess, status: int)
 
 def test_ctrl_c_during_evaluate_is_one_line_and_130(tmp_path: Path) -> None:
     out = tmp_path / "e"
-    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
+    assert run_main([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "ignite_rn50.evaluate", "--checkpoint",
                              str(out / "checkpoint_1.pt"), *TINY, "--synthetic-test-size",
                              "200000", "--eval-batch-size", "16"], env=base_env(), cwd=REPO,

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from .conftest import TINY, base_env, model_state, read_summary, run_cli
+from .conftest import TINY, base_env, model_state, read_summary, run_cli, run_main
 
 
 def test_two_epoch_run_learns_and_writes_everything(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = run_cli([*TINY, "--synthetic-train-size", "512", "--synthetic-test-size", "128",
+    proc = run_main([*TINY, "--synthetic-train-size", "512", "--synthetic-test-size", "128",
                     "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_summary(out)
@@ -45,9 +45,9 @@ def test_two_epoch_run_learns_and_writes_everything(tmp_path: Path) -> None:
 def test_resume_2_to_3_equals_uninterrupted_3(tmp_path: Path) -> None:
     args = [*TINY, "--lr-milestones", "2", "--warmup-iters", "3"]
     full, part = tmp_path / "full", tmp_path / "part"
-    assert run_cli([*args, "--epochs", "3", "--output-dir", str(full)]).returncode == 0
-    assert run_cli([*args, "--epochs", "2", "--output-dir", str(part)]).returncode == 0
-    proc = run_cli([*args, "--epochs", "3", "--output-dir", str(part), "--resume", "auto"])
+    assert run_main([*args, "--epochs", "3", "--output-dir", str(full)]).returncode == 0
+    assert run_main([*args, "--epochs", "2", "--output-dir", str(part)]).returncode == 0
+    proc = run_main([*args, "--epochs", "3", "--output-dir", str(part), "--resume", "auto"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "checkpoint_2.pt" in proc.stdout
     a, b = model_state(full / "checkpoint_3.pt"), model_state(part / "checkpoint_3.pt")
@@ -60,16 +60,16 @@ def test_resume_2_to_3_equals_uninterrupted_3(tmp_path: Path) -> None:
 
 def test_existing_checkpoints_without_resume_refused(tmp_path: Path) -> None:
     out = tmp_path / "o"
-    assert run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
+    assert run_main([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
     before = {p.name: p.stat().st_mtime for p in out.iterdir()}
-    proc = run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)])
+    proc = run_main([*TINY, "--epochs", "1", "--output-dir", str(out)])
     assert proc.returncode == 2 and "--resume auto" in proc.stderr
     assert {p.name: p.stat().st_mtime for p in out.iterdir()} == before
 
 
 def test_channels_last_trains_in_channels_last(tmp_path: Path) -> None:
     out = tmp_path / "cl"
-    proc = run_cli([*TINY, "--epochs", "1", "--channels-last", "--output-dir", str(out)])
+    proc = run_main([*TINY, "--epochs", "1", "--channels-last", "--output-dir", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_summary(out)
     assert summary["epochs_completed"] == 1
