@@ -26,7 +26,7 @@ from typing import Any, Callable
 import ignite.distributed as idist
 import torch
 
-from ignite_rn50.errors import UserError
+from ignite_rn50.errors import UserError, import_optional
 from ignite_rn50.precision import Precision
 
 log = logging.getLogger(__name__)
@@ -39,19 +39,11 @@ DEVICE_FOR_BACKEND = {"hccl": "npu", "nccl": "cuda"}
 
 def import_torch_npu() -> ModuleType:
     """Import torch_npu, turning every way it can fail into one clear UserError."""
-    if importlib.util.find_spec("torch_npu") is None:
-        raise UserError("--device npu needs torch_npu (Ascend's PyTorch adapter) with CANN; "
-                        "install the torch_npu wheel matching your torch and source the CANN "
-                        "set_env.sh, or pass --device cuda/cpu")
-    try:
-        # BaseException: old torch_npu versions call sys.exit() when CANN is missing.
-        return importlib.import_module("torch_npu")
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001
-        raise UserError(f"torch_npu is installed but failed to import ({type(exc).__name__}: "
-                        f"{exc}); check that CANN is installed and its set_env.sh sourced, or "
-                        "pass --device cuda/cpu") from None
+    return import_optional("torch_npu", "--device npu needs torch_npu (Ascend's PyTorch "
+                           "adapter) with CANN; install the torch_npu wheel matching your torch "
+                           "and source the CANN set_env.sh, or pass --device cuda/cpu",
+                           "check that CANN is installed and its set_env.sh sourced, or pass "
+                           "--device cuda/cpu")
 
 
 def npu_available() -> bool:

@@ -6,6 +6,10 @@ never as a traceback (``cli.py`` maps them); everything else is a bug and keeps 
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from types import ModuleType
+
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 EXIT_NO_SPACE = 4
@@ -47,3 +51,19 @@ class OutOfSpace(Stop):
     """A save found the disk full: what is already written stays as it was."""
 
     exit_status = EXIT_NO_SPACE
+
+
+def import_optional(module: str, missing: str, broken_fix: str) -> ModuleType:
+    """An optional package (torch_npu, apex), every way its import can fail one UserError:
+    ``missing`` when it is not installed, ``<module> is installed but failed to import
+    (...); <broken_fix>`` when importing it fails. BaseException: old torch_npu releases
+    call sys.exit() when CANN is missing; a Ctrl-C still goes through."""
+    if importlib.util.find_spec(module) is None:
+        raise UserError(missing)
+    try:
+        return importlib.import_module(module)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        raise UserError(f"{module} is installed but failed to import ({type(exc).__name__}: "
+                        f"{exc}); {broken_fix}") from None

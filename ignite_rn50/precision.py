@@ -6,8 +6,6 @@ torch's fused SGD on cuda). apex is imported lazily: it is needed only when aske
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import warnings
 from dataclasses import dataclass
@@ -16,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from ignite_rn50.errors import UserError
+from ignite_rn50.errors import UserError, import_optional
 
 log = logging.getLogger(__name__)
 
@@ -149,16 +147,10 @@ def _apex_imports() -> bool:
 
 
 def _import_apex() -> ModuleType:
-    if importlib.util.find_spec("apex") is None:
-        raise UserError("--amp-backend apex needs apex (NVIDIA apex on cuda, Ascend's apex on "
-                        "npu), which is not installed; install it or use --amp-backend native")
-    try:
-        return importlib.import_module("apex")
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # noqa: BLE001
-        raise UserError(f"apex is installed but failed to import ({type(exc).__name__}: {exc}); "
-                        "reinstall it for this torch, or use --amp-backend native") from None
+    return import_optional("apex", "--amp-backend apex needs apex (NVIDIA apex on cuda, "
+                           "Ascend's apex on npu), which is not installed; install it or use "
+                           "--amp-backend native",
+                           "reinstall it for this torch, or use --amp-backend native")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""The README is the truth: CI runs its two commands, and every trainer (or evaluate) flag it
-names exists."""
+"""The README is the truth: CI runs its two commands, and every trainer, evaluate or export
+flag it names exists."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import re
 
 from ignite_rn50.config_schema import build_parser
 from ignite_rn50.evaluate import build_eval_parser
+from ignite_rn50.export import build_export_parser
 
 from .conftest import REPO
 
 README = (REPO / "README.md").read_text()
 # flags of other programs that the README shows (torchrun, srun, tensorboard, the scripts)
 FOREIGN = {"--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port",
-           "--nodes", "--ntasks-per-node", "--logdir", "--data_path", "--resume"}
+           "--nodes", "--ntasks-per-node", "--logdir", "--data_path", "--resume",
+           # Ascend's atc
+           "--model", "--framework", "--input_format", "--input_shape", "--insert_op_conf",
+           "--soc_version", "--log", "--dynamic_batch_size"}
 
 
 def _quick_start_commands() -> list[str]:
@@ -31,7 +35,7 @@ def test_ci_runs_exactly_the_readme_commands() -> None:
 
 
 def test_every_trainer_flag_in_readme_exists() -> None:
-    known = {opt for parser in (build_parser(), build_eval_parser())
+    known = {opt for parser in (build_parser(), build_eval_parser(), build_export_parser())
              for action in parser._actions for opt in action.option_strings}
     known |= {f"--no-{opt[2:]}" for opt in known}
     trainer_lines = "\n".join(line for line in README.splitlines()
