@@ -95,7 +95,8 @@ def build_parts(cfg: Config, rt: Runtime, num_classes: int, epoch_length: int) -
                  criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing).to(rt.device),
                  eval_criterion=nn.CrossEntropyLoss().to(rt.device), schedule=schedule,
                  precision=rt.precision, memory_format=memory_format,
-                 mix=BatchMix(mixing, num_classes, rt.device, cfg.seed, rt.rank)
+                 mix=BatchMix(mixing, num_classes, rt.device, stream=(cfg.seed, rt.rank),
+                              batch_size=cfg.batch_size // rt.processes)
                  if mixing.enabled else None)
 
 

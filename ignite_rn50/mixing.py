@@ -134,14 +134,17 @@ def draw_epoch(spec: MixSpec, seed: int, batches: int, batch_size: int,
 
 class BatchMix:
     """Mixes one rank's training batches: the ``i``-th batch of epoch ``e`` always the same
-    way, drawn from (seed, rank, e) at the epoch's first batch."""
+    way, drawn from (seed, rank, e) at the epoch's first batch. Permutations are drawn at the
+    full per-process ``batch_size`` (never at the size of the batch that happens to come
+    first: after a resume that can be the epoch's last, partial one)."""
 
     STREAM = 0x6D6978  # keeps these draws apart from the input pipeline's of the same epoch
 
-    def __init__(self, spec: MixSpec, num_classes: int, device: torch.device, seed: int,
-                 rank: int) -> None:
+    def __init__(self, spec: MixSpec, num_classes: int, device: torch.device, *,
+                 stream: tuple[int, int], batch_size: int) -> None:
         self.spec, self.num_classes, self.device = spec, num_classes, device
-        self.seed, self.rank = seed, rank
+        self.seed, self.rank = stream  # (seed, rank)
+        self.batch_size = batch_size
         self.draws: EpochDraws | None = None
         self._epoch = -1
 
@@ -149,7 +152,7 @@ class BatchMix:
         if self._epoch != epoch or self.draws is None:
             seed = np.random.SeedSequence([self.seed, self.rank, epoch, self.STREAM])
             draws = draw_epoch(self.spec, int(seed.generate_state(1)[0]), batches,
-                               images.shape[0], (images.shape[-2], images.shape[-1]))
+                               self.batch_size, (images.shape[-2], images.shape[-1]))
             draws.perms = draws.perms.to(self.device, non_blocking=True)
             self.draws, self._epoch = draws, epoch
         return self.draws

@@ -117,7 +117,8 @@ def test_steps_read_nothing_back_between_print_points(mixed: bool) -> None:
     --print-freq points (and at the epoch end)."""
     model = build_model(18, 10)
     opt = prec.make_optimizer(model.parameters(), CPU, FP32, prec.Sgd(0.1, 0.9, 0.0, False))
-    mix = BatchMix(MixSpec.resolve(1.0, None, 1.0, None), 10, CPU, seed=0, rank=0)
+    mix = BatchMix(MixSpec.resolve(1.0, None, 1.0, None), 10, CPU, stream=(0, 0),
+                   batch_size=8)
     engine = create_trainer(make_train_step(model, opt, nn.CrossEntropyLoss(
         label_smoothing=0.1 if mixed else 0.0), AMP32, Inputs(CPU, mix=mix if mixed else None)))
     handlers.FpsMeter(CPU, warmup=2).attach(engine)

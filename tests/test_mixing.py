@@ -125,12 +125,31 @@ def test_an_epochs_mixing_depends_only_on_seed_rank_epoch_and_batch() -> None:
     def mixed(mix: BatchMix, epoch: int, iteration: int) -> torch.Tensor:
         return mix(images.clone(), labels, State(epoch, iteration))[0]
 
-    a, b = BatchMix(spec, 5, CPU, seed=3, rank=0), BatchMix(spec, 5, CPU, seed=3, rank=0)
+    a, b = (BatchMix(spec, 5, CPU, stream=(3, 0), batch_size=8)
+            for _ in range(2))
     assert torch.equal(mixed(a, 2, 14), mixed(b, 2, 14))  # b starts mid-epoch (a resume)
     assert torch.equal(mixed(a, 2, 17), mixed(b, 2, 17))
     assert not torch.equal(mixed(a, 3, 24), mixed(b, 2, 14))
-    other_rank = BatchMix(spec, 5, CPU, seed=3, rank=1)
+    other_rank = BatchMix(spec, 5, CPU, stream=(3, 1), batch_size=8)
     assert not torch.equal(mixed(other_rank, 2, 14), mixed(a, 2, 14))
+
+
+def test_a_resume_at_the_last_partial_batch_mixes_it_as_an_uninterrupted_run() -> None:
+    """--no-drop-last: the epoch's draws do not depend on which batch a run meets first."""
+    spec = MixSpec.resolve(1.0, None, 1.0, None)
+    images, labels = _batch(8)
+
+    class State:
+        def __init__(self, iteration: int) -> None:
+            self.epoch, self.iteration, self.epoch_length = 1, iteration, 10
+
+    for seed in range(6):
+        uninterrupted, resumed = (BatchMix(spec, 5, CPU, stream=(seed, 0), batch_size=8)
+                                  for _ in range(2))
+        uninterrupted(images.clone(), labels, State(1))  # the epoch's draws start at batch 1
+        last = [mix(images[:5].clone(), labels[:5], State(10))
+                for mix in (uninterrupted, resumed)]  # the resume meets the partial batch first
+        assert torch.equal(last[0][0], last[1][0]) and torch.equal(last[0][1], last[1][1])
 
 
 def test_mix_options_are_checked() -> None:
