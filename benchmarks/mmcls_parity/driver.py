@@ -358,7 +358,10 @@ def check_training(tmp: Path, seeds: int, epochs: int, recipes: list[str],
 def main() -> None:
     import logging
 
-    logging.getLogger("mmcv").setLevel(logging.WARNING)  # its per-tensor init report
+    from mmcv.utils import get_logger
+
+    # its per-tensor init report: mmcv's get_logger keeps the level of a logger's first call
+    get_logger("mmcv", log_level=logging.WARNING)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checks", nargs="*", type=int, default=[1, 2, 3, 4, 5, 6])
     p.add_argument("--seeds", type=int, default=5)
