@@ -26,8 +26,10 @@ def main(prog: str, parse: Callable[[list[str] | None], Any], launch: Callable[[
         job = parse(argv)
     except Stop as exc:
         return _report(prog, exc)
-    import torch.multiprocessing as mp  # after parsing: only a job that runs needs torch
-
+    try:
+        import torch.multiprocessing as mp  # after parsing: only a job that runs needs torch
+    except KeyboardInterrupt:  # seconds of imports on a loaded machine: Ctrl-C lands here too
+        return _interrupted(prog)
     try:
         launch(job)
     except Stop as exc:
@@ -38,9 +40,13 @@ def main(prog: str, parse: Callable[[list[str] | None], Any], launch: Callable[[
     except mp.ProcessExitedException as exc:
         return _rank_exit_status(prog, exc.exit_code, exc.error_index)
     except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
-        return EXIT_INTERRUPTED
+        return _interrupted(prog)
     return 0
+
+
+def _interrupted(prog: str) -> int:
+    sys.stderr.write(f"{prog}: interrupted\n")
+    return EXIT_INTERRUPTED
 
 
 def _report(prog: str, exc: Stop) -> int:

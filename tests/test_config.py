@@ -33,7 +33,10 @@ SEED_RECIPES = {  # config -> (global batch, lr, lr policy): the package's rows
     "resnet50_cifar100_8p_bs4096": (4096, 0.1, "step")}
 
 
-@pytest.mark.parametrize("name", [*SEED_RECIPES, "quickstart"])
+MIX_RECIPES = {"resnet50_cifar100_bs256_mix": 256, "resnet50_cifar100_8p_bs2048_mix": 2048}
+
+
+@pytest.mark.parametrize("name", [*SEED_RECIPES, *MIX_RECIPES, "resnet50_cifar10", "quickstart"])
 def test_shipped_configs_validate_to_their_recipe(name: str) -> None:
     """Each file passes the full validation as the trainer would run it, and says what it
     claims to: every key it sets reaches the Config unchanged."""
@@ -47,6 +50,19 @@ def test_shipped_configs_validate_to_their_recipe(name: str) -> None:
         # the package's precision: apex O2 (static scale 1024) where it imports on an NPU
         assert (cfg.amp_backend, cfg.opt_level, cfg.loss_scale) == ("auto", "O2", 1024.0)
         assert cfg.lr_policy == "step" or (cfg.min_lr == 0.0 and cfg.warmup_iters == 0)
+    if name in MIX_RECIPES:  # resnet50_8xb256_cifar100.py: lr 0.1 x 256 / 16, not scaled on 8p
+        assert (cfg.batch_size, cfg.lr, cfg.lr_policy, cfg.min_lr) == \
+            (MIX_RECIPES[name], 1.6, "cosine", 0.0)
+        assert (cfg.warmup_epochs, cfg.warmup_factor, cfg.warmup_iters) == (20, 1e-3, 0)
+        assert (cfg.mixup_alpha, cfg.mixup_prob, cfg.cutmix_alpha, cfg.cutmix_prob,
+                cfg.label_smoothing) == (1.0, 0.5, 1.0, 0.5, 0.1)
+    if name == "resnet50_cifar10":  # mmcls resnet50_8xb16_cifar10
+        assert (cfg.dataset, cfg.batch_size, cfg.lr, cfg.weight_decay) == \
+            ("cifar10", 128, 0.1, 1e-4)
+        assert (cfg.lr_milestones, cfg.lr_gamma, cfg.epochs) == ([100, 150], 0.1, 200)
+    if name != "quickstart":
+        assert (cfg.depth, cfg.amp_backend, cfg.opt_level, cfg.loss_scale) == \
+            (50, "auto", "O2", 1024.0)
 
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path: Path) -> None:

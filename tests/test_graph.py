@@ -79,7 +79,7 @@ def test_graphed_step_refuses_a_batch_of_another_shape() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of")
-def test_captured_lr_follows_the_schedule_through_a_device_tensor() -> None:
+def test_lr_reaches_the_step_through_a_device_tensor_refilled_on_change() -> None:
     """During capture the param groups hold the lr tensors the graph will read; outside it
     they hold floats (schedulers, checkpoints and logs see no change), and each change of
     the host value refills the tensor once."""

@@ -375,13 +375,21 @@ def test_ctrl_c_during_evaluate_is_one_line_and_130(tmp_path: Path) -> None:
     assert run_main([*TINY, "--epochs", "1", "--output-dir", str(out)]).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "ignite_rn50.evaluate", "--checkpoint",
                              str(out / "checkpoint_1.pt"), *TINY, "--synthetic-test-size",
-                             "200000", "--eval-batch-size", "16"], env=base_env(), cwd=REPO,
+                             "200000", "--eval-batch-size", "16"],
+                            env=base_env(PYTHONFAULTHANDLER="1"), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first.startswith("evaluating "), first
     time.sleep(1)
+    signals = [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+               if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # where it is: faulthandler's dump on SIGABRT
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate(timeout=30)
+        raise AssertionError(f"SIGINT ignored for 120 s; {signals}\n{stderr[-6000:]}") from None
     assert proc.returncode == 130, (stdout[-2000:], stderr[-2000:])
     assert stderr.strip().splitlines() == ["ignite_rn50.evaluate: interrupted"], stderr

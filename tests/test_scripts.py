@@ -138,11 +138,31 @@ def check_case_log(folder: Path, summary: dict, mode: str, stdout: str) -> dict[
     return values
 
 
+# the package's four _bs256 scripts -> (mode, cards, the mix recipe they run); two of them run
+# in tests/test_mixing.py
+BS256_SCRIPTS = {
+    "train_full_1p_bs256.sh": ("full", 1, "resnet50_cifar100_bs256_mix.yaml"),
+    "train_performance_1p_bs256.sh": ("performance", 1, "resnet50_cifar100_bs256_mix.yaml"),
+    "train_full_8p_bs256.sh": ("full", 8, "resnet50_cifar100_8p_bs2048_mix.yaml"),
+    "train_performance_8p_bs256.sh": ("performance", 8, "resnet50_cifar100_8p_bs2048_mix.yaml"),
+}
+
+
 def test_scripts_are_executable_bash() -> None:
-    for name in [*SCRIPTS, "common.sh", "env_npu.sh"]:
+    for name in [*SCRIPTS, *BS256_SCRIPTS, "common.sh", "env_npu.sh"]:
         subprocess.run(["bash", "-n", str(TEST_DIR / name)], check=True)
-    for name in SCRIPTS:
+    for name in [*SCRIPTS, *BS256_SCRIPTS]:
         assert os.access(TEST_DIR / name, os.X_OK), name
+    assert sorted(p.name for p in TEST_DIR.glob("train_*.sh")) == sorted([*SCRIPTS,
+                                                                          *BS256_SCRIPTS])
+
+
+def test_bs256_scripts_name_their_mode_cards_and_recipe() -> None:
+    for name, (mode, cards, recipe) in BS256_SCRIPTS.items():
+        text = (TEST_DIR / name).read_text()
+        assert (f"MODE={mode} RANK_SIZE={cards} BATCH_PER_DEVICE=256 RECIPE={recipe}"
+                in text), name
+        assert (REPO / "configs" / recipe).is_file(), recipe
 
 
 # cwd: the repo root, test/, or anywhere else (the repo is found from the script's location);
