@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +19,14 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The signal tests send SIGINT to the processes they start. A pytest started in the background
+# by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and so would every
+# child it starts (an ignored signal stays ignored across exec; Python then installs no
+# KeyboardInterrupt), which is not how a user's terminal starts our commands. A handler of
+# our own is reset to the default at exec, so the children start as from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 STANDIN = Path(os.environ.get("NPU_STANDIN", REPO.parent / "shared" / "npu-standin"))
 
 # A run small enough for seconds on 2 CPU cores: ResNet-18 on 8x8 synthetic images.
