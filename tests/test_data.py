@@ -89,14 +89,19 @@ def test_cli_bad_data_exit_2(tmp_path: Path) -> None:
                                    "--output-dir", str(tmp_path / "o2")]), "truncated")
 
 
-def test_download_offline_fails_with_where_to_put_files(tmp_path: Path) -> None:
-    proc = run_cli(["--dataset", "cifar100", "--download", "--data", str(tmp_path / "dl"),
+@pytest.mark.parametrize("dataset, name, archive, folder", [
+    ("cifar100", "CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python"),
+    ("cifar10", "CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py")])
+def test_download_offline_names_the_url_and_where_to_put_files(
+        tmp_path: Path, dataset: str, name: str, archive: str, folder: str) -> None:
+    proc = run_cli(["--dataset", dataset, "--download", "--data", str(tmp_path / "dl"),
                     "--device", "cpu", "--loggers", "--output-dir", str(tmp_path / "o")],
                    timeout=240)
     if proc.returncode == 0:
         pytest.skip("this machine reached the internet")
-    line = assert_one_line_error(proc, "could not download CIFAR-100")
-    assert "cifar-100-python" in line and str(tmp_path / "dl") in line
+    line = assert_one_line_error(proc, f"could not download {name} from "
+                                       f"https://www.cs.toronto.edu/~kriz/{archive}")
+    assert f"{archive} by hand" in line and folder in line and str(tmp_path / "dl") in line
 
 
 def test_trains_on_cifar_files_subset(tmp_path: Path) -> None:
@@ -285,17 +290,6 @@ def test_a_cifar10_folder_with_the_cifar100_flag_names_the_fix(
                                           str(tmp_path / "d"), "--output-dir",
                                           str(tmp_path / "o")]), "holds no CIFAR-100")
     assert "it holds CIFAR-10: pass --dataset cifar10" in line
-
-
-def test_cifar10_download_offline_names_its_url(tmp_path: Path) -> None:
-    proc = run_cli(["--dataset", "cifar10", "--download", "--data", str(tmp_path / "dl"),
-                    "--device", "cpu", "--loggers", "--output-dir", str(tmp_path / "o")],
-                   timeout=240)
-    if proc.returncode == 0:
-        pytest.skip("this machine reached the internet")
-    line = assert_one_line_error(proc, "could not download CIFAR-10 from "
-                                       "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
-    assert "cifar-10-python.tar.gz by hand" in line and "cifar-10-batches-py" in line
 
 
 def test_download_without_data_is_one_line(tmp_path: Path) -> None:
