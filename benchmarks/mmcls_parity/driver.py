@@ -288,7 +288,9 @@ RECIPES = {
     "mix": ("optimizer = dict(lr=0.05, weight_decay=5e-4)\n"
             "lr_config = dict(_delete_=True, policy='CosineAnnealing', min_lr=0, "
             "warmup='linear', warmup_ratio=1e-3, warmup_iters=1, warmup_by_epoch=True)\n"
-            "model = dict(head=dict(_delete_=True, type='MultiLabelLinearClsHead', "
+            # one model dict: a second `model =` in the file replaces mmcls_config's (depth)
+            "model = dict(backbone=dict(depth=18), head=dict(_delete_=True, "
+            "type='MultiLabelLinearClsHead', "
             "num_classes=100, in_channels=512, loss=dict(type='LabelSmoothLoss', "
             "label_smooth_val=0.1, mode='original')), train_cfg=dict(augments=["
             "dict(type='BatchMixup', alpha=1.0, num_classes=100, prob=0.5), "
