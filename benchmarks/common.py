@@ -14,8 +14,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from ignite_rn50 import device as dev  # noqa: E402
-from ignite_rn50.data import ImageSet, make_synthetic  # noqa: E402
+from ignite_rn50.data.readers import ImageSet, make_synthetic  # noqa: E402
+from ignite_rn50.system import device as dev  # noqa: E402
 
 DEFAULTS = dict(depth=18, batch_size=32, image_size=16, num_classes=100, steps=10, warmup=3,
                 repeats=3, train_size=None, threads=None)

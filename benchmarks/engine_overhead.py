@@ -21,13 +21,13 @@ from common import Window, interleave, now, parser, setup, synthetic, table
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_rn50 import handlers
-from ignite_rn50 import precision as prec
-from ignite_rn50.engine import create_trainer, make_train_step
-from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData, Feed
-from ignite_rn50.schedule import LrSchedule, ScheduleSpec
-from ignite_rn50.signals import GracefulStop
+from ignite_rn50.data.pipelines import DeviceTrainData, Feed
+from ignite_rn50.model.resnet import build_model
+from ignite_rn50.optim.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.system import precision as prec
+from ignite_rn50.system.signals import GracefulStop
+from ignite_rn50.training import handlers
+from ignite_rn50.training.step import create_trainer, make_train_step
 
 OPT = prec.Sgd(0.1, 0.9, 5e-4, False)
 

@@ -16,11 +16,11 @@ from common import now, parser, setup, synthetic
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_rn50 import handlers
-from ignite_rn50 import precision as prec
-from ignite_rn50.engine import create_evaluator, create_trainer, make_train_step
-from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData, Feed, device_eval_batches
+from ignite_rn50.data.pipelines import DeviceTrainData, Feed, device_eval_batches
+from ignite_rn50.model.resnet import build_model
+from ignite_rn50.system import precision as prec
+from ignite_rn50.training import handlers
+from ignite_rn50.training.step import create_evaluator, create_trainer, make_train_step
 
 
 class OutsideClock:

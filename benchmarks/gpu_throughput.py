@@ -18,13 +18,14 @@ from common import Window, parser, setup, synthetic
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_rn50 import device as dev
-from ignite_rn50 import handlers
-from ignite_rn50 import precision as prec
-from ignite_rn50.engine import Parts, build_trainer, create_trainer, make_graphed_train_step
-from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData, Feed
-from ignite_rn50.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.data.pipelines import DeviceTrainData, Feed
+from ignite_rn50.model.resnet import build_model
+from ignite_rn50.optim.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.system import device as dev
+from ignite_rn50.system import precision as prec
+from ignite_rn50.training import handlers
+from ignite_rn50.training.assembly import Parts
+from ignite_rn50.training.step import build_trainer, create_trainer, make_graphed_train_step
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def trainer_for(case: Case, args, device: torch.device, batch: int) -> Engine:
     if case.graph:  # the capture needs CUDA; on cpu (--quick) the same path runs eagerly
         api = dev.graph_api(device) if device.type != "cpu" else None
         return create_trainer(make_graphed_train_step(parts, device, api))
-    return build_trainer(parts, device, graph=False)
+    return build_trainer(parts, device, graph=False)[0]
 
 
 def measure(case: Case, args, device: torch.device) -> tuple[float, float | None]:

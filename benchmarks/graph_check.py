@@ -16,12 +16,17 @@ from common import parser, setup, synthetic
 from ignite.engine import Events
 from torch import nn
 
-from ignite_rn50 import device as dev
-from ignite_rn50 import precision as prec
-from ignite_rn50.engine import Parts, create_trainer, make_graphed_train_step, make_train_step
-from ignite_rn50.model import build_model
-from ignite_rn50.pipeline import DeviceTrainData, Feed
-from ignite_rn50.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.data.pipelines import DeviceTrainData, Feed
+from ignite_rn50.model.resnet import build_model
+from ignite_rn50.optim.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.system import device as dev
+from ignite_rn50.system import precision as prec
+from ignite_rn50.training.step import (
+    Parts,
+    create_trainer,
+    make_graphed_train_step,
+    make_train_step,
+)
 
 
 def run(model: nn.Module, precision: prec.Precision, device: torch.device, data: DeviceTrainData,

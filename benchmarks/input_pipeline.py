@@ -15,8 +15,8 @@ from typing import Iterable
 import torch
 from common import interleave, now, parser, setup, synthetic, table
 
-from ignite_rn50 import device as dev
-from ignite_rn50.pipeline import DeviceTrainData, Feed, LoaderTrainData
+from ignite_rn50.data.pipelines import DeviceTrainData, Feed, LoaderTrainData
+from ignite_rn50.system import device as dev
 
 
 def epoch_rate(data: Iterable, device: torch.device) -> float:

@@ -1,6 +1,7 @@
 """One runner for every entry point (``run``, ``evaluate``, ``export``): parse first, import
 the heavy machinery after (``--help`` and a mistyped flag answer before torch loads), and map
-every ending to one line and an exit status, in the launcher and in each rank:
+every ending to one line and an exit status (in each rank of a job:
+``system.distributed.rank_main``):
 
 - a ``Stop`` (``UserError``: 2, ``Diverged``: 3, ``OutOfSpace``: 4): its message, one line;
 - Ctrl-C: ``<prog>: interrupted``, 130;
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any, Callable
 
 from ignite_rn50.errors import EXIT_INTERRUPTED, Stop
@@ -73,35 +73,3 @@ def _stop_statuses() -> set[int]:
         found.add(cls.exit_status)
         todo.extend(cls.__subclasses__())
     return found - {Stop.exit_status}
-
-
-def rank_main(prog: str, body: Callable[[Any], None], job: Any) -> None:
-    """Per-process entry of a job of several processes (spawned, torchrun or SLURM): a Stop
-    ends this rank with its status and one line, Ctrl-C with 130; the process group is freed
-    on every path. A single process lets everything through to ``main``."""
-    import ignite.distributed as idist
-
-    from ignite_rn50 import distributed
-
-    status = 0
-    try:
-        body(job)
-    except Stop as exc:
-        if idist.get_world_size() == 1:
-            raise
-        status = exc.exit_status
-        if not exc.logged:
-            # one line per job: the same mistake usually stops every rank, and the launcher
-            # ends the others as soon as one exits; a rank that failed alone still says why
-            if idist.get_rank() != 0:
-                time.sleep(2)
-            sys.stderr.write(f"{prog}: error: {exc}\n")
-    except KeyboardInterrupt:
-        if idist.get_world_size() == 1:
-            raise
-        status = EXIT_INTERRUPTED  # torch's spawn wrapper would report a Ctrl-C as success
-    finally:
-        distributed.release_process_objects()
-    if status:
-        distributed.leave_group()
-        sys.exit(status)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ignite_rn50 import cli
-from ignite_rn50.config import Config
-from ignite_rn50.config_schema import build_parser, config_from_args
+from ignite_rn50.config.declaration import Config
+from ignite_rn50.config.parsing import TRAINING_ONLY, build_parser, config_from_args
 from ignite_rn50.errors import UserError
 
 PROG = "ignite_rn50.evaluate"
@@ -39,11 +39,6 @@ def build_eval_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# what only concerns training, set aside so that a run's config.yaml applies as it is
-TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": False,
-                 "amp_backend": "native", "download": False}
-
-
 def parse(argv: list[str] | None) -> EvalJob:
     args = vars(build_eval_parser().parse_args(argv))
     checkpoint = Path(args.pop("checkpoint")).expanduser()
@@ -55,8 +50,10 @@ def parse(argv: list[str] | None) -> EvalJob:
 
 
 def evaluate(local_rank: int, job: EvalJob) -> None:
-    """Per-process entry (see cli.rank_main)."""
-    cli.rank_main(PROG, evaluate_shard, job)
+    """Per-process entry (see distributed.rank_main)."""
+    from ignite_rn50.system import distributed
+
+    distributed.rank_main(PROG, evaluate_shard, job)
 
 
 def evaluate_shard(job: EvalJob) -> None:
@@ -64,25 +61,24 @@ def evaluate_shard(job: EvalJob) -> None:
     import ignite.distributed as idist
     import torch
 
-    from ignite_rn50 import device as dev
-    from ignite_rn50 import pipeline
-    from ignite_rn50 import precision as prec
-    from ignite_rn50.engine import create_evaluator
+    from ignite_rn50.config import specs
+    from ignite_rn50.data import pipelines
+    from ignite_rn50.system import device as dev
+    from ignite_rn50.training.runtime import open_device
+    from ignite_rn50.training.step import create_evaluator
 
     cfg = job.cfg
-    device_type = dev.resolve_device_type(cfg.device)
-    device = dev.process_device(device_type, cfg.gpu_id)
-    dev.configure_backends(device, idist.get_nproc_per_node())
-    precision = prec.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
+    device = open_device(cfg)
+    precision = specs.precision(cfg, device.type)
     test, model = load_test_and_model(job)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = dev.memory_format(cfg.channels_last)
     model.to(device, memory_format=fmt)
     rank, world = idist.get_rank(), idist.get_world_size()
     batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
     if rank == 0:
         print(f"evaluating {job.checkpoint} on {len(test)} {cfg.dataset} test images, {device} "
               f"x {world}", flush=True)
-    batches = pipeline.device_eval_batches(test, device, batch, rank=rank, world_size=world,
+    batches = pipelines.device_eval_batches(test, device, batch, rank=rank, world_size=world,
                                            channels_last=cfg.channels_last)
     evaluator = create_evaluator(model, torch.nn.CrossEntropyLoss().to(device), device,
                                  precision, fmt)
@@ -99,11 +95,11 @@ def evaluate_shard(job: EvalJob) -> None:
 def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), torch lazily
     """The test split and the model with the file's weights (a file that does not fit is one
     UserError naming the first mismatching key)."""
-    from ignite_rn50 import weights
-    from ignite_rn50.data import load_test_set
-    from ignite_rn50.datasets import dataset_spec
-    from ignite_rn50.model import build_model
-    from ignite_rn50.pipeline import synthetic_sizes
+    from ignite_rn50.config.specs import synthetic_sizes
+    from ignite_rn50.data.readers import load_test_set
+    from ignite_rn50.data.registry import dataset_spec
+    from ignite_rn50.model import weights
+    from ignite_rn50.model.resnet import build_model
 
     cfg = job.cfg
     test = load_test_set(dataset_spec(cfg.dataset), cfg.data, synthetic_sizes(cfg))
@@ -113,19 +109,21 @@ def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), 
 
 
 def launch(job: EvalJob) -> None:
-    from ignite_rn50 import distributed, weights
-    from ignite_rn50.data import num_classes
-    from ignite_rn50.datasets import dataset_spec
-    from ignite_rn50.model import build_model
-    from ignite_rn50.pipeline import synthetic_sizes
-    from ignite_rn50.runtime import preflight
+    from ignite_rn50.config import specs
+    from ignite_rn50.config.specs import synthetic_sizes
+    from ignite_rn50.data.readers import num_classes
+    from ignite_rn50.data.registry import dataset_spec
+    from ignite_rn50.model import weights
+    from ignite_rn50.model.resnet import build_model
+    from ignite_rn50.system import distributed
+    from ignite_rn50.training.runtime import preflight
 
     cfg = job.cfg
     backend, _ = preflight(cfg, claim_output=False)
     # a file that does not fit stops here, once, before any process starts
     classes = num_classes(dataset_spec(cfg.dataset), synthetic_sizes(cfg))
     weights.load_into(build_model(cfg.depth, classes), job.checkpoint, flag="--checkpoint")
-    distributed.launch(evaluate, job, distributed.Topology.of(cfg, backend))
+    distributed.launch(evaluate, job, specs.topology(cfg, backend))
 
 
 def main(argv: list[str] | None = None) -> int:

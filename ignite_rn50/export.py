@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ignite_rn50 import cli
-from ignite_rn50.config import Config
-from ignite_rn50.config_schema import build_parser, config_from_args
+from ignite_rn50.config.declaration import Config
+from ignite_rn50.config.parsing import TRAINING_ONLY, build_parser, config_from_args
 from ignite_rn50.errors import Stop, UserError
 
 PROG = "ignite_rn50.export"
@@ -79,9 +79,8 @@ def build_export_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": False,
-                 "amp_backend": "native", "download": False, "device": "cpu", "nproc": 1,
-                 "nodes": 1, "node_rank": 0}
+# the export traces on the host, in this one process, whatever the run trained on
+ONE_CPU_PROCESS = {"device": "cpu", "nproc": 1, "nodes": 1, "node_rank": 0}
 
 
 def parse(argv: list[str] | None) -> ExportJob:
@@ -90,7 +89,7 @@ def parse(argv: list[str] | None) -> ExportJob:
                                              "dynamic_batch", "names", "softmax", "aipp",
                                              "with_preprocess", "verify_data")
            if name in args}
-    cfg = config_from_args(args, fixed=TRAINING_ONLY)
+    cfg = config_from_args(args, fixed={**TRAINING_ONLY, **ONE_CPU_PROCESS})
     checkpoint = Path(job["checkpoint"]).expanduser()
     if not checkpoint.is_file():
         raise UserError(f"--checkpoint {checkpoint}: no such file; pass an existing checkpoint")
@@ -111,25 +110,25 @@ def parse(argv: list[str] | None) -> ExportJob:
 def run_export(job: ExportJob) -> None:
     """Export, check, then keep: the file appears under its name only once onnxruntime
     agrees with PyTorch on the test split's first images."""
-    from ignite_rn50 import deploy
+    from ignite_rn50.deploy import onnx
     from ignite_rn50.evaluate import EvalJob, load_test_and_model
 
-    deploy.require_packages(job.opset)
+    onnx.require_packages(job.opset)
     test, model = load_test_and_model(EvalJob(job.cfg, job.checkpoint))
-    module = deploy.ExportModel(model.float().eval(), test.mean, test.std,
+    module = onnx.ExportModel(model.float().eval(), test.mean, test.std,
                                 job.with_preprocess, job.softmax)
-    spec = deploy.GraphSpec(job.opset, job.batch, *NAMES[job.names], job.with_preprocess,
+    spec = onnx.GraphSpec(job.opset, job.batch, *NAMES[job.names], job.with_preprocess,
                             test.image_size)
-    sizes = deploy.check_sizes(job.batch, len(test))
+    sizes = onnx.check_sizes(job.batch, len(test))
     inputs = _model_inputs(test, job.with_preprocess)
     tmp = _temporary_beside(job.output)
     try:
-        deploy.export(module, spec, tmp)
-        onnx_model = deploy.OnnxModel(tmp)
+        onnx.export(module, spec, tmp)
+        onnx_model = onnx.OnnxModel(tmp)
         if onnx_model.opset != job.opset:
             raise UserError(f"--opset {job.opset}: the exporter wrote opset {onnx_model.opset} "
                             f"instead; pass an opset it writes (9-17, or 18 with onnxscript)")
-        agreement = deploy.compare(module, onnx_model, deploy.as_batches(inputs, sizes))
+        agreement = onnx.compare(module, onnx_model, onnx.as_batches(inputs, sizes))
         if agreement.max_abs_diff > CHECK_TOLERANCE or agreement.top1_agree < agreement.images:
             raise Stop(f"onnxruntime disagrees with PyTorch on {job.output.name}: max abs "
                        f"difference {agreement.max_abs_diff:.3g}, top-1 agrees on "
@@ -137,7 +136,7 @@ def run_export(job: ExportJob) -> None:
         if job.aipp is not None:
             _write_aipp(job, spec, test, onnx_model)
         if job.verify_data:
-            top1, top5, images = deploy.accuracy(onnx_model, inputs, test.labels, job.batch)
+            top1, top5, images = onnx.accuracy(onnx_model, inputs, test.labels, job.batch)
             print(f"onnxruntime on the test split: top1={top1:.4f} top5={top5:.4f} "
                   f"images={images}", flush=True)
         os.replace(tmp, job.output)
@@ -152,11 +151,11 @@ def run_export(job: ExportJob) -> None:
 def _model_inputs(test: Any, uint8: bool) -> Any:
     """The test split as the exported graph takes it: uint8 NCHW, or normalised floats with
     exactly the evaluation pipeline's arithmetic."""
-    from ignite_rn50 import pipeline
+    from ignite_rn50.data import pipelines
 
     if uint8:
         return test.images
-    return pipeline.normalize(test.images, pipeline.Normalization.of(test))
+    return pipelines.normalize(test.images, pipelines.Normalization.of(test))
 
 
 def _temporary_beside(output: Path) -> Path:
@@ -178,16 +177,16 @@ def _write_aipp(job: ExportJob, spec: Any, test: Any, onnx_model: Any) -> None:
     applying its formula to the uint8 test images."""
     import numpy as np
 
-    from ignite_rn50 import deploy
+    from ignite_rn50.deploy import onnx
 
     assert job.aipp is not None
     try:
-        job.aipp.write_text(deploy.aipp_config(test.mean, test.std, test.image_size))
+        job.aipp.write_text(onnx.aipp_config(test.mean, test.std, test.image_size))
     except OSError as exc:
         raise UserError(f"--aipp {job.aipp} cannot be written ({exc.strerror}); pass a "
                         "writable path") from None
     n = job.batch or 8
-    aipp_in = deploy.aipp_apply(test.images[:n].numpy(), test.mean, test.std)
+    aipp_in = onnx.aipp_apply(test.images[:n].numpy(), test.mean, test.std)
     float_in = _model_inputs(test, uint8=False)[:n].numpy()
     by_aipp, by_pipeline = onnx_model(aipp_in), onnx_model(float_in)
     diff = float(np.abs(by_aipp - by_pipeline).max())
@@ -195,7 +194,7 @@ def _write_aipp(job: ExportJob, spec: Any, test: Any, onnx_model: Any) -> None:
     print(f"aipp={job.aipp} (RGB888_U8, mean {'/'.join(f'{m:g}' for m in test.mean)}, "
           f"var_reci 1/std) checked on {n} uint8 test images: max_abs_diff={diff:.3g} "
           f"top1_agree={agree}/{n}", flush=True)
-    print(f"atc: {deploy.atc_command(job.output, job.aipp, spec)}", flush=True)
+    print(f"atc: {onnx.atc_command(job.output, job.aipp, spec)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

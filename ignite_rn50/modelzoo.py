@@ -38,8 +38,8 @@ def case_name(batch: int, ranks: int) -> str:
 
 def resolve(args: list[str]) -> tuple[int | None, int | None, Path]:
     """(global batch, processes, output dir) of the trainer run these arguments make."""
-    from ignite_rn50.config import default_of
-    from ignite_rn50.config_schema import build_parser, load_yaml
+    from ignite_rn50.config.declaration import default_of
+    from ignite_rn50.config.parsing import build_parser, load_yaml
 
     try:
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):

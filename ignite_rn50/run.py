@@ -1,8 +1,8 @@
 """Command line entry point: ``python -m ignite_rn50.run [--config FILE] [flags]``.
 
 This module only wires: it parses (before anything heavy is imported), checks once, claims
-the output folder and launches ``training.train`` in every process. Read
-``training.run_training`` next: it is the table of contents of a run.
+the output folder and launches ``process.train`` in every process. Read
+``process.run_training`` next: it is the table of contents of a run.
 """
 
 from __future__ import annotations
@@ -10,19 +10,21 @@ from __future__ import annotations
 import sys
 
 from ignite_rn50 import cli
-from ignite_rn50.config import Config
-from ignite_rn50.config_schema import parse_config
+from ignite_rn50.config.declaration import Config
+from ignite_rn50.config.parsing import parse_config
 
 PROG = "ignite_rn50"
 
 
 def launch(cfg: Config) -> None:
-    from ignite_rn50 import distributed, training
-    from ignite_rn50.runtime import preflight
+    from ignite_rn50.config import specs
+    from ignite_rn50.system import distributed
+    from ignite_rn50.training import process
+    from ignite_rn50.training.runtime import preflight
 
     backend, lock = preflight(cfg)
     try:
-        distributed.launch(training.train, cfg, distributed.Topology.of(cfg, backend))
+        distributed.launch(process.train, cfg, specs.topology(cfg, backend))
     finally:
         if lock is not None:
             lock.release()

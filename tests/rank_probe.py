@@ -12,9 +12,11 @@ import os
 import sys
 from pathlib import Path
 
-from ignite_rn50 import distributed, training
-from ignite_rn50.config_schema import parse_config
-from ignite_rn50.runtime import preflight
+from ignite_rn50.config import specs
+from ignite_rn50.config.parsing import parse_config
+from ignite_rn50.system import distributed
+from ignite_rn50.training import process
+from ignite_rn50.training.runtime import preflight
 
 
 def _record_threads(path: Path) -> None:
@@ -30,14 +32,14 @@ def _record_threads(path: Path) -> None:
 def train_and_record(local_rank: int, job: tuple) -> None:
     cfg, probe_dir = job
     atexit.register(_record_threads, Path(probe_dir) / f"rank{local_rank}.txt")
-    training.train(local_rank, cfg)
+    process.train(local_rank, cfg)
 
 
 def main(argv: list[str]) -> int:
     probe_dir, cfg = argv[0], parse_config(argv[1:])
     backend, _lock = preflight(cfg)
     distributed.launch(train_and_record, (cfg, probe_dir),
-                       distributed.Topology.of(cfg, backend))
+                       specs.topology(cfg, backend))
     return 0
 
 

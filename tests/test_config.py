@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ignite_rn50.config import FIELDS, flag
-from ignite_rn50.config_schema import load_yaml, parse_config, save_config
+from ignite_rn50.config.declaration import FIELDS, flag
+from ignite_rn50.config.parsing import load_yaml, parse_config, save_config
 from ignite_rn50.errors import UserError
 
 from .conftest import REPO, assert_one_line_error, base_env, run_cli

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ignite_rn50 import pipeline
-from ignite_rn50.data import ImageSet, load_datasets, make_synthetic
-from ignite_rn50.datasets import CIFAR100_MEAN, DATASETS
+from ignite_rn50.data import pipelines
+from ignite_rn50.data.readers import ImageSet, load_datasets, make_synthetic
+from ignite_rn50.data.registry import CIFAR100_MEAN, DATASETS
 from ignite_rn50.errors import UserError
 
 from .conftest import TINY, assert_one_line_error, run_cli, run_main, write_cifar, write_cifar10
@@ -130,7 +130,7 @@ def test_device_crop_flip_reads_back_offsets_and_flips() -> None:
     images = _column_images(6)
     offsets = torch.tensor([[0, 0], [8, 8], [4, 4], [2, 7], [8, 0], [3, 5]])
     flips = torch.tensor([False, True, False, True, False, True])
-    out = pipeline.crop_flip(images.images, offsets, flips)
+    out = pipelines.crop_flip(images.images, offsets, flips)
     # offset o means the crop starts at o in the padded image: shift 4 - o
     for i in range(6):
         col = out[i, 0, 16].to(torch.int64)  # a middle row: only column pattern matters
@@ -162,8 +162,8 @@ def _offset_stats(batches: list[torch.Tensor]) -> tuple[np.ndarray, float]:
 
 
 def _uint8_from_normalized(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(pipeline.CIFAR100.mean).view(1, 3, 1, 1)
-    std = torch.tensor(pipeline.CIFAR100.std).view(1, 3, 1, 1)
+    mean = torch.tensor(pipelines.CIFAR100.mean).view(1, 3, 1, 1)
+    std = torch.tensor(pipelines.CIFAR100.std).view(1, 3, 1, 1)
     return ((x * std + mean) * 255).round().to(torch.int64)
 
 
@@ -171,9 +171,9 @@ def _uint8_from_normalized(x: torch.Tensor) -> torch.Tensor:
 def test_pipelines_draw_offsets_uniform_0_8_and_flip_half(kind: str) -> None:
     data = _column_images(2048)
     if kind == "device":
-        feed = pipeline.DeviceTrainData(data, torch.device("cpu"), pipeline.Feed(256, seed=3))
+        feed = pipelines.DeviceTrainData(data, torch.device("cpu"), pipelines.Feed(256, seed=3))
     else:
-        feed = pipeline.LoaderTrainData(data, pipeline.Feed(256, seed=3), num_workers=0,
+        feed = pipelines.LoaderTrainData(data, pipelines.Feed(256, seed=3), num_workers=0,
                                         pin_memory=False)
     feed.set_epoch(1)
     batches = [_uint8_from_normalized(x) for x, _ in feed]
@@ -188,9 +188,9 @@ def test_pipelines_draw_offsets_uniform_0_8_and_flip_half(kind: str) -> None:
 
 def test_eval_inputs_identical_in_both_pipelines() -> None:
     data = make_synthetic(50, 10, 32, split_seed=5)
-    device_batches = pipeline.device_eval_batches(data, torch.device("cpu"), 16, rank=0,
+    device_batches = pipelines.device_eval_batches(data, torch.device("cpu"), 16, rank=0,
                                                   world_size=1)
-    loader = pipeline.loader_eval_batches(data, 16, rank=0, world_size=1, num_workers=0,
+    loader = pipelines.loader_eval_batches(data, 16, rank=0, world_size=1, num_workers=0,
                                           pin_memory=False)
     for (a, ya), (b, yb) in zip(device_batches, loader, strict=True):
         assert torch.equal(a, b) and torch.equal(ya, yb)
@@ -199,15 +199,15 @@ def test_eval_inputs_identical_in_both_pipelines() -> None:
 def test_normalisation_statistics() -> None:
     mean = torch.tensor(CIFAR100_MEAN).view(1, 3, 1, 1)
     images = mean.round().to(torch.uint8).expand(4, 3, 8, 8)
-    out = pipeline.normalize(images)
+    out = pipelines.normalize(images)
     assert out.abs().max() < 0.01  # the mean maps to ~0
-    white = pipeline.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    white = pipelines.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
     assert white[0, 0, 0, 0].item() == pytest.approx((255 - 129.304) / 68.170, rel=1e-5)
 
 
 def test_same_epoch_same_batches_other_epoch_differs() -> None:
     data = make_synthetic(256, 10, 8, split_seed=1)
-    feed = pipeline.DeviceTrainData(data, torch.device("cpu"), pipeline.Feed(32))
+    feed = pipelines.DeviceTrainData(data, torch.device("cpu"), pipelines.Feed(32))
     feed.set_epoch(2)
     first = [x.clone() for x, _ in feed]
     feed.set_epoch(2, start_batch=3)
@@ -222,15 +222,15 @@ def test_same_epoch_same_batches_other_epoch_differs() -> None:
 def test_shards_are_disjoint_and_cover_evaluation_once() -> None:
     data = make_synthetic(101, 10, 8, split_seed=2)
     data.labels = torch.arange(101)  # identities to follow through the shards
-    seen = torch.cat([torch.cat([y for _, y in pipeline.device_eval_batches(
+    seen = torch.cat([torch.cat([y for _, y in pipelines.device_eval_batches(
         data, torch.device("cpu"), 16, rank=r, world_size=3)]) for r in range(3)])
     assert sorted(seen.tolist()) == list(range(101))
-    parts = [pipeline.DeviceTrainData(data, torch.device("cpu"),
-                                      pipeline.Feed(8, rank=r, world_size=3)) for r in range(3)]
+    parts = [pipelines.DeviceTrainData(data, torch.device("cpu"),
+                                      pipelines.Feed(8, rank=r, world_size=3)) for r in range(3)]
     owned = [set(p.labels.tolist()) for p in parts]
     assert all(len(o) == 33 for o in owned) and not (owned[0] & owned[1] | owned[1] & owned[2]
                                                      | owned[0] & owned[2])
-    loaders = [pipeline.LoaderTrainData(data, pipeline.Feed(8, rank=r, world_size=3),
+    loaders = [pipelines.LoaderTrainData(data, pipelines.Feed(8, rank=r, world_size=3),
                                         num_workers=0, pin_memory=False) for r in range(3)]
     assert [set(lo.loader.dataset.labels.tolist()) for lo in loaders] == owned
 
@@ -238,10 +238,10 @@ def test_shards_are_disjoint_and_cover_evaluation_once() -> None:
 def test_auto_pipeline_falls_back_when_data_would_crowd_the_device() -> None:
     train = make_synthetic(1000, 10, 32, split_seed=1)  # 3.07 MB uint8
     test = make_synthetic(100, 10, 32, split_seed=2)  # 1.23 MB as float32
-    assert pipeline.fits_on_device(train, test, 1, None)  # cpu: always
-    assert pipeline.fits_on_device(train, test, 1, 20_000_000)
-    assert not pipeline.fits_on_device(train, test, 1, 16_000_000)
-    assert pipeline.fits_on_device(train, test, 2, 10_000_000)  # each rank holds half
+    assert pipelines.fits_on_device(train, test, 1, None)  # cpu: always
+    assert pipelines.fits_on_device(train, test, 1, 20_000_000)
+    assert not pipelines.fits_on_device(train, test, 1, 16_000_000)
+    assert pipelines.fits_on_device(train, test, 2, 10_000_000)  # each rank holds half
 
 
 # --- CIFAR-10, the second entry of the dataset registry ---------------------------------------
@@ -255,10 +255,10 @@ def test_cifar10_reads_its_five_batches_with_its_statistics(tmp_path: Path) -> N
     raw = pickle.load(open(folder / "data_batch_3", "rb"), encoding="latin1")
     assert torch.equal(train.images[24:36].flatten(1), torch.from_numpy(raw["data"]))
     assert train.labels[24:36].tolist() == raw["labels"]
-    norm = pipeline.Normalization.of(train)
+    norm = pipelines.Normalization.of(train)
     assert norm.mean == pytest.approx((125.307 / 255, 122.961 / 255, 113.8575 / 255))
     assert norm.std == pytest.approx((51.5865 / 255, 50.847 / 255, 51.255 / 255))
-    x = pipeline.device_eval_batches(test, torch.device("cpu"), 20, rank=0, world_size=1)[0][0]
+    x = pipelines.device_eval_batches(test, torch.device("cpu"), 20, rank=0, world_size=1)[0][0]
     expected = (test.images.float() / 255 - torch.tensor(norm.mean).view(1, 3, 1, 1)) / \
         torch.tensor(norm.std).view(1, 3, 1, 1)
     assert torch.allclose(x, expected, atol=1e-6)
@@ -305,9 +305,9 @@ def test_no_drop_last_trains_on_the_last_partial_batch(tmp_path: Path) -> None:
     both pipelines (and with mixing: the partial batch mixes within itself)."""
     data = make_synthetic(240, 10, 8, split_seed=1)
     for drop, sizes in ((True, [32] * 7), (False, [32] * 7 + [16])):
-        feed = pipeline.Feed(32, drop_last=drop)
-        device = pipeline.DeviceTrainData(data, torch.device("cpu"), feed)
-        loader = pipeline.LoaderTrainData(data, feed, num_workers=0, pin_memory=False)
+        feed = pipelines.Feed(32, drop_last=drop)
+        device = pipelines.DeviceTrainData(data, torch.device("cpu"), feed)
+        loader = pipelines.LoaderTrainData(data, feed, num_workers=0, pin_memory=False)
         for train in (device, loader):
             train.set_epoch(1)
             assert len(train) == len(sizes) and [len(y) for _, y in train] == sizes

@@ -55,8 +55,8 @@ def test_apex_without_npufusedsgd_says_so_on_npu(tmp_path: Path) -> None:
     root = _package(tmp_path, "apex", "amp = None  # an apex without Ascend's optimizers\n")
     code = """
 import logging, torch
-from ignite_rn50 import device as dev
-from ignite_rn50 import precision as prec
+from ignite_rn50.system import device as dev
+from ignite_rn50.system import precision as prec
 logging.basicConfig(format="%(message)s")
 dev.resolve_device_type("npu")
 p = prec.resolve_precision("npu", None, "auto", "auto", 1024.0, "O2")

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ignite_rn50 import pipeline
-from ignite_rn50.data import make_synthetic
-from ignite_rn50.engine import create_evaluator
-from ignite_rn50.model import build_model
-from ignite_rn50.precision import Precision
+from ignite_rn50.data import pipelines
+from ignite_rn50.data.readers import make_synthetic
+from ignite_rn50.model.resnet import build_model
+from ignite_rn50.system.precision import Precision
+from ignite_rn50.training.step import create_evaluator
 
 from .conftest import REPO, TINY, base_env, free_port, model_state, read_summary, run_cli
 
@@ -48,7 +48,7 @@ def test_two_processes_gloo_end_to_end(tmp_path: Path) -> None:
     test = make_synthetic(101, 10, 8, split_seed=2)
     evaluator = create_evaluator(model, torch.nn.CrossEntropyLoss(), torch.device("cpu"),
                                  Precision(False, None, "native"))
-    evaluator.run(pipeline.device_eval_batches(test, torch.device("cpu"), 16, rank=0,
+    evaluator.run(pipelines.device_eval_batches(test, torch.device("cpu"), 16, rank=0,
                                                world_size=1))
     assert evaluator.state.metrics["top1"] == pytest.approx(summary["final_top1"], abs=1e-9)
     assert evaluator.state.metrics["top1"] * 101 == pytest.approx(

@@ -12,14 +12,15 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ignite_rn50 import events, handlers
-from ignite_rn50 import precision as prec
-from ignite_rn50.engine import Inputs, create_trainer, make_train_step
+from ignite_rn50 import events
+from ignite_rn50.data.mixing import BatchMix, MixSpec
 from ignite_rn50.errors import NonFiniteLoss, UserError
-from ignite_rn50.mixing import BatchMix, MixSpec
-from ignite_rn50.model import build_model
-from ignite_rn50.schedule import LrSchedule, ScheduleSpec
-from ignite_rn50.signals import GracefulStop
+from ignite_rn50.model.resnet import build_model
+from ignite_rn50.optim.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.system import precision as prec
+from ignite_rn50.system.signals import GracefulStop
+from ignite_rn50.training import handlers
+from ignite_rn50.training.step import Inputs, create_trainer, make_train_step
 
 CPU = torch.device("cpu")
 FP32 = prec.Precision(False, None, "native")
@@ -119,8 +120,9 @@ def test_steps_read_nothing_back_between_print_points(mixed: bool) -> None:
     opt = prec.make_optimizer(model.parameters(), CPU, FP32, prec.Sgd(0.1, 0.9, 0.0, False))
     mix = BatchMix(MixSpec.resolve(1.0, None, 1.0, None), 10, CPU, stream=(0, 0),
                    batch_size=8)
-    engine = create_trainer(make_train_step(model, opt, nn.CrossEntropyLoss(
-        label_smoothing=0.1 if mixed else 0.0), AMP32, Inputs(CPU, mix=mix if mixed else None)))
+    step = make_train_step(model, opt, nn.CrossEntropyLoss(
+        label_smoothing=0.1 if mixed else 0.0), AMP32, Inputs(CPU, mix=mix if mixed else None))
+    engine = create_trainer(step)
     handlers.FpsMeter(CPU, warmup=2).attach(engine)
     LrSchedule(opt, ScheduleSpec(0.1, milestones=(1,), gamma=0.5, warmup_iters=3)).attach(engine)
     handlers.LossTracker(CPU, 4, lambda e, loss: None).attach(engine)
@@ -133,7 +135,7 @@ def test_steps_read_nothing_back_between_print_points(mixed: bool) -> None:
     engine.run(_batches(8), max_epochs=1)
     assert isinstance(engine.state.output, torch.Tensor) and engine.state.output.ndim == 0
     assert not engine.state.output.requires_grad
-    assert engine.state.step_dtype == torch.float32
+    assert step.facts.dtype == torch.float32
     assert at, "the print points do read the loss"
     assert {iteration for iteration, _ in at} <= {4, 8}, at
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from ignite_rn50.weights import to_mmcls
+from ignite_rn50.model.weights import to_mmcls
 
 from .conftest import (
     TINY,

@@ -16,9 +16,9 @@ import onnxruntime
 import pytest
 import torch
 
-from ignite_rn50 import pipeline
-from ignite_rn50.data import make_synthetic
-from ignite_rn50.weights import to_mmcls
+from ignite_rn50.data import pipelines
+from ignite_rn50.data.readers import make_synthetic
+from ignite_rn50.model.weights import to_mmcls
 
 from .conftest import TINY, assert_one_line_error, base_env, model_state, run_cli, run_main
 
@@ -53,8 +53,8 @@ def _last(lines: list[str]) -> re.Match:
 
 
 def _ours(trained: Path, checkpoint: str, x: torch.Tensor) -> np.ndarray:
-    from ignite_rn50.model import build_model
-    from ignite_rn50.weights import load_into
+    from ignite_rn50.model.resnet import build_model
+    from ignite_rn50.model.weights import load_into
 
     model = build_model(18, 10)
     load_into(model, trained / checkpoint, flag="--checkpoint")
@@ -76,7 +76,7 @@ def test_static_batch_export_agrees_with_pytorch(trained: Path, tmp_path: Path) 
     assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [4, 3, 8, 8]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["static.onnx"]  # no temporary left
     # the file on its own, on other images: the same logits as PyTorch
-    x = pipeline.normalize(make_synthetic(4, 10, 8, split_seed=9).images)
+    x = pipelines.normalize(make_synthetic(4, 10, 8, split_seed=9).images)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     theirs = session.run(None, {"input": x.numpy()})[0]
     assert np.abs(theirs - _ours(trained, "checkpoint_1.pt", x)).max() < 1e-4
@@ -91,7 +91,7 @@ def test_mmcls_fp16_file_exports_with_a_dynamic_batch(trained: Path, tmp_path: P
     assert match[3] == "dynamic" and float(match[4]) < 1e-4
     assert match[5] == match[6] == "8"  # batch 1 and batch 7
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    images = pipeline.normalize(make_synthetic(7, 10, 8, split_seed=9).images)
+    images = pipelines.normalize(make_synthetic(7, 10, 8, split_seed=9).images)
     for n in (1, 7):
         theirs = session.run(None, {"input": images[:n].numpy()})[0]
         ours = _ours(trained, "mmcls_fp16.pth", images[:n])
@@ -142,7 +142,7 @@ def test_modelzoo_names_softmax_and_folded_preprocessing(trained: Path, tmp_path
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probs = session.run(None, {"actual_input_1": raw.numpy()})[0]
     ours = torch.softmax(torch.from_numpy(_ours(trained, "checkpoint_1.pt",
-                                                pipeline.normalize(raw))), 1).numpy()
+                                                pipelines.normalize(raw))), 1).numpy()
     assert np.abs(probs - ours).max() < 1e-5 and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 

@@ -12,13 +12,13 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from ignite_rn50 import handlers
-from ignite_rn50 import precision as prec
-from ignite_rn50.engine import Update, create_trainer, make_train_step
 from ignite_rn50.errors import UserError
-from ignite_rn50.graph import GraphedStep
-from ignite_rn50.model import build_model
-from ignite_rn50.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.model.resnet import build_model
+from ignite_rn50.optim.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.system import precision as prec
+from ignite_rn50.training import handlers
+from ignite_rn50.training.graph import GraphedStep
+from ignite_rn50.training.step import Update, create_trainer, make_train_step
 
 from .conftest import TINY, assert_one_line_error, run_cli, run_main
 
@@ -139,7 +139,7 @@ def _trainer_losses(step: object, opt: torch.optim.Optimizer) -> tuple[list[floa
 def test_trainer_engine_with_uncaptured_graphed_step_equals_the_eager_trainer() -> None:
     """A GraphedStep (api=None: no capture on CPU) inside the trainer Engine: the trainer's
     handlers read its output and the schedule moves its lr exactly as with the eager step."""
-    from ignite_rn50.engine import Inputs, TrainStep
+    from ignite_rn50.training.step import Inputs, TrainStep
 
     model, opt = _parts()
     ref_model, ref_opt = _parts()

@@ -18,11 +18,11 @@ import torch
 import yaml
 from torch import nn
 
-from ignite_rn50 import mixing
-from ignite_rn50 import precision as prec
-from ignite_rn50.config_schema import parse_config
+from ignite_rn50.config.parsing import parse_config
+from ignite_rn50.data import mixing
+from ignite_rn50.data.mixing import BatchMix, MixSpec
 from ignite_rn50.errors import UserError
-from ignite_rn50.mixing import BatchMix, MixSpec
+from ignite_rn50.system import precision as prec
 
 from .conftest import TINY, model_state, read_summary, run_main
 from .test_reliability import _popen, _wait_for

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from ignite_rn50.model import build_model, count_parameters
+from ignite_rn50.model.resnet import build_model, count_parameters
 
 
 def test_resnet50_cifar100_parameter_count_and_output() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ignite_rn50.config_schema import build_parser
+from ignite_rn50.config.parsing import build_parser
 from ignite_rn50.evaluate import build_eval_parser
 from ignite_rn50.export import build_export_parser
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ignite_rn50.checkpoints import find_latest_checkpoint
+from ignite_rn50.training.checkpoints import find_latest_checkpoint
 
 from .conftest import (
     REPO,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ignite_rn50 import trackers
+from ignite_rn50.outputs import trackers
 
 from .conftest import TINY, base_env, free_port, read_summary, run_cli
 

@@ -12,12 +12,20 @@ from pathlib import Path
 from .conftest import REPO, TINY, run_cli
 
 PACKAGE = REPO / "ignite_rn50"
-MODULES = sorted(PACKAGE.glob("*.py"))
+MODULES = sorted(PACKAGE.rglob("*.py"))  # every room's modules, not only the top level
+
+
+def _name(path: Path) -> str:
+    """``training.process``, ``errors``: the module's dotted name inside the package."""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+NAMES = {_name(p) for p in MODULES}
 
 
 def _functions(path: Path) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text())
-    return [(f"{path.name}:{node.name}", node.end_lineno - node.lineno + 1)
+    return [(f"{_name(path)}:{node.name}", node.end_lineno - node.lineno + 1)
             for node in ast.walk(tree)
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
 
@@ -25,42 +33,56 @@ def _functions(path: Path) -> list[tuple[str, int]]:
 def test_no_function_over_60_lines_no_module_over_400() -> None:
     too_long = [(name, n) for path in MODULES for name, n in _functions(path) if n > 60]
     assert not too_long, too_long
-    big = [(p.name, n) for p in MODULES if (n := len(p.read_text().splitlines())) > 400]
+    big = [(_name(p), n) for p in MODULES if (n := len(p.read_text().splitlines())) > 400]
     assert not big, big
 
 
+def test_at_most_ten_modules_at_the_top_level() -> None:
+    top = sorted(p.stem for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 10, top
+    assert len([p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()]) >= 6
+
+
 def test_the_wiring_is_a_table_of_contents() -> None:
-    lengths = dict(_functions(PACKAGE / "training.py"))
-    assert lengths["training.py:run_training"] <= 25, lengths
+    lengths = dict(_functions(PACKAGE / "training" / "process.py"))
+    assert lengths["training.process:run_training"] <= 25, lengths
     assert all(n <= 40 for name, n in _functions(PACKAGE / "run.py")), _functions(
         PACKAGE / "run.py")
 
 
 def _our_imports(path: Path) -> set[str]:
     """Every module of ours that ``path`` imports: at the top, inside functions, and under
-    TYPE_CHECKING alike (a type-only cycle is still two modules that need each other)."""
+    TYPE_CHECKING alike (a type-only cycle is still two modules that need each other).
+    ``from ignite_rn50.a import b`` is the module ``a.b`` when there is one, else ``a``."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "ignite_rn50":
-                found |= {alias.name for alias in node.names}
-            elif node.module.startswith("ignite_rn50."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and (
+                node.module == "ignite_rn50" or node.module.startswith("ignite_rn50.")):
+            base = node.module.removeprefix("ignite_rn50").lstrip(".")
+            for alias in node.names:
+                sub = f"{base}.{alias.name}" if base else alias.name
+                found.add(sub if sub in NAMES or f"{sub}.__init__" in NAMES else base)
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names
+            found |= {a.name.removeprefix("ignite_rn50.") for a in node.names
                       if a.name.startswith("ignite_rn50.")}
-    return found - {path.stem}
+    return {m.removesuffix(".__init__") for m in found} - {_name(path), ""}
+
+
+def test_every_import_of_ours_names_a_module_that_exists() -> None:
+    packages = {n.removesuffix(".__init__") for n in NAMES if n.endswith("__init__")}
+    missing = {(_name(p), m) for p in MODULES for m in _our_imports(p)
+               if m not in NAMES and m not in packages}
+    assert not missing, missing
 
 
 def test_no_module_imports_one_that_imports_it_back() -> None:
-    graph = {p.stem: _our_imports(p) for p in MODULES}
-    assert set().union(*graph.values()) <= set(graph), "an import of a missing module"
+    graph = {_name(p): _our_imports(p) for p in MODULES}
 
     def cycle_from(start: str) -> list[str] | None:
         stack = [(start, [start])]
         while stack:
             node, path = stack.pop()
-            for nxt in sorted(graph[node]):
+            for nxt in sorted(graph.get(node, ())):
                 if nxt == start:
                     return [*path, start]
                 if nxt not in path:
@@ -71,21 +93,69 @@ def test_no_module_imports_one_that_imports_it_back() -> None:
     assert not cycles, cycles[0]
 
 
-def test_the_registries_load_without_torch() -> None:
-    """config.py and what it reads (datasets, LR policies, trackers) import nothing heavy at
-    their top level, so --help answers before torch loads (tests/test_config checks it runs)."""
+# The layer order of the package docstring: a room imports only from lower floors (and from
+# its own modules); rooms on one floor are independent of each other.
+FLOORS = [{"errors", "events"}, {"system"}, {"data", "model", "optim", "outputs", "deploy"},
+          {"config"}, {"training"},
+          {"run", "evaluate", "export", "modelzoo", "cli", "__main__", "__init__"}]
+
+
+def _room(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _floor(room: str) -> int:
+    return next(i for i, rooms in enumerate(FLOORS) if room in rooms)
+
+
+def test_no_room_imports_one_above_or_beside_it() -> None:
+    rooms = {_room(n) for n in NAMES}
+    assert rooms <= set().union(*FLOORS), rooms - set().union(*FLOORS)  # a new room: place it
+    entry = FLOORS[-1]
+    offenders = []
+    for path in MODULES:
+        me = _room(_name(path))
+        for other in map(_room, _our_imports(path)):
+            if other == me or (me in entry and other in entry):
+                continue  # one room; the entry points share the one runner (cli)
+            if _floor(other) >= _floor(me):
+                offenders.append(f"{_name(path)} imports {other}")
+    assert not offenders, offenders
+
+
+def _top_level_imports(path: Path) -> tuple[set[str], set[str]]:
+    """(third-party roots, modules of ours) imported at the module's top level."""
+    top = [n for n in ast.parse(path.read_text()).body if isinstance(n, (ast.Import,
+                                                                           ast.ImportFrom))]
+    roots = {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
+    roots |= {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+    ours = set()
+    for node in top:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ignite_rn50"):
+            base = node.module.removeprefix("ignite_rn50").lstrip(".")
+            for alias in node.names:
+                sub = f"{base}.{alias.name}" if base else alias.name
+                ours.add(sub if sub in NAMES else base)
+    return roots, ours
+
+
+LIGHT = {"config.__init__", "config.declaration", "config.parsing", "data.__init__",
+         "data.registry", "optim.__init__", "optim.schedule", "outputs.__init__",
+         "outputs.trackers", "errors", "cli", "run", "evaluate", "export", "modelzoo"}
+
+
+def test_what_help_needs_loads_without_torch() -> None:
+    """The config room, the registries it lists (datasets, LR policies, trackers) and the
+    entry points import nothing heavy at their top level, nor any module of ours that does,
+    so --help answers before torch loads (tests/test_config checks it runs)."""
     heavy = {"torch", "ignite", "numpy", "clearml", "torchvision"}
-    for name in ("config", "config_schema", "datasets", "schedule", "trackers", "errors", "cli",
-                 "run", "evaluate"):
-        tree = ast.parse((PACKAGE / f"{name}.py").read_text())
-        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        roots = {(n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
-        roots |= {a.name.split(".")[0] for n in top if isinstance(n, ast.Import)
-                  for a in n.names}
+    for name in sorted(LIGHT):
+        roots, ours = _top_level_imports(PACKAGE / (name.replace(".", "/") + ".py"))
         assert not roots & heavy, (name, roots & heavy)
+        assert all(m in LIGHT or f"{m}.__init__" in LIGHT for m in ours), (name, ours - LIGHT)
 
 
-SEAM = {"device.py", "precision.py", "distributed.py"}
+SEAM = {"system.device", "system.precision", "system.distributed"}
 DEVICE_WORDS = {"npu", "cuda", "hccl", "nccl", "torch_npu"}
 
 
@@ -97,28 +167,29 @@ def _device_code(path: Path) -> list[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
                 node.value in DEVICE_WORDS or node.value == "TORCH_DEVICE_BACKEND_AUTOLOAD"):
-            found.append(f"{path.name}:{node.lineno}:{node.value!r}")
+            found.append(f"{_name(path)}:{node.lineno}:{node.value!r}")
         if isinstance(node, ast.Attribute) and node.attr in ("cuda", "npu") and \
                 isinstance(node.value, ast.Name) and node.value.id == "torch":
-            found.append(f"{path.name}:{node.lineno}:torch.{node.attr}")
+            found.append(f"{_name(path)}:{node.lineno}:torch.{node.attr}")
     return found
 
 
 def test_device_names_only_in_the_seam() -> None:
-    """device.py, precision.py and distributed.py tell devices apart; config.py declares the
-    --device and --backend choices; cli.py turns torch's autoload of torch_npu off before
-    torch loads (it must precede ``import torch``, so it cannot live in device.py)."""
-    allowed = {"config.py": {"'npu'", "'cuda'", "'hccl'", "'nccl'"},
-               "cli.py": {"'TORCH_DEVICE_BACKEND_AUTOLOAD'"}}
+    """system/device.py, precision.py and distributed.py tell devices apart, in every room;
+    config/declaration.py declares the --device and --backend choices; cli.py turns torch's
+    autoload of torch_npu off before torch loads (it must precede ``import torch``, so it
+    cannot live in device.py)."""
+    allowed = {"config.declaration": {"'npu'", "'cuda'", "'hccl'", "'nccl'"},
+               "cli": {"'TORCH_DEVICE_BACKEND_AUTOLOAD'"}}
     offenders = []
     for path in MODULES:
-        if path.name in SEAM:
+        if _name(path) in SEAM:
             continue
         for hit in _device_code(path):
-            if hit.rsplit(":", 1)[1] not in allowed.get(path.name, set()):
+            if hit.rsplit(":", 1)[1] not in allowed.get(_name(path), set()):
                 offenders.append(hit)
     assert not offenders, offenders
-    assert _device_code(PACKAGE / "device.py")  # the check sees what it looks for
+    assert _device_code(PACKAGE / "system" / "device.py")  # the check sees what it looks for
 
 
 def test_ignite_private_names_we_use_exist() -> None:
@@ -128,7 +199,7 @@ def test_ignite_private_names_we_use_exist() -> None:
     import ignite.distributed.utils as idist_utils
     from ignite.distributed.comp_models.native import _NativeDistModel
 
-    from ignite_rn50.distributed import HcclDistModel
+    from ignite_rn50.system.distributed import HcclDistModel
 
     assert isinstance(idist_utils.registered_computation_models, tuple)
     assert HcclDistModel in idist_utils.registered_computation_models
@@ -165,7 +236,7 @@ def test_no_closure_captures_more_than_three_outer_names() -> None:
                         and isinstance(n.ctx, ast.Store)}
                     captured = (used & local) - inner_own
                     if len(captured) > 3:
-                        offenders.append((path.name, outer.name, sorted(captured)))
+                        offenders.append((_name(path), outer.name, sorted(captured)))
     assert not offenders, offenders
 
 

@@ -1,4 +1,4 @@
-"""The real wiring in-process (training.build_loop and the factories run_training calls): the
+"""The real wiring in-process (process.build_context and the factories run_training calls): the
 order in which checkpoints, summary.json and the trackers are registered decides nothing, and
 weights that became NaN in an epoch's last step are never evaluated or saved."""
 
@@ -14,11 +14,11 @@ import torch
 from ignite.engine import Events
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ignite_rn50 import checkpoints, handlers, reporting, training
-from ignite_rn50.config_schema import parse_config
+from ignite_rn50.config.parsing import parse_config
 from ignite_rn50.errors import Diverged
-from ignite_rn50.loop import Loop
-from ignite_rn50.signals import GracefulStop
+from ignite_rn50.system.signals import GracefulStop
+from ignite_rn50.training import checkpoints, handlers, process, summary
+from ignite_rn50.training.context import RunContext
 
 from .conftest import TINY
 
@@ -26,32 +26,33 @@ TIMING = {"fps", "data_wait", "train_seconds", "eval_seconds", "e2e_seconds",
           "data_wait_share"}
 
 
-def _loop(out: Path, *extra: str) -> Loop:
+def _context(out: Path, *extra: str) -> RunContext:
     flags = [*TINY, "--epochs", "2", "--keep-checkpoints", "5", "--output-dir", str(out), *extra]
     out.mkdir(parents=True)  # what runtime.preflight does before any rank starts
-    return training.build_loop(parse_config(flags), GracefulStop())
+    return process.build_context(parse_config(flags), GracefulStop())
 
 
-def _run(out: Path, order: list[str]) -> Loop:
+def _run(out: Path, order: list[str]) -> RunContext:
     """Attach the trainer's handlers and the three event users in ``order``, then train."""
-    loop = _loop(out, "--loggers", "tensorboard")
-    saves = checkpoints.setup_checkpoints(loop)
+    ctx = _context(out, "--loggers", "tensorboard")
+    saves = checkpoints.setup_checkpoints(ctx)
     made: dict[str, object] = {}
+    fps = handlers.FpsMeter(ctx.rt.device)
     attach: dict[str, Callable[[], object]] = {
-        "handlers": lambda: handlers.attach_all(loop),
-        "checkpoints": lambda: saves.attach(loop.trainer, None),
-        "summary": lambda: reporting.RunSummary.attach(
-            loop, lambda: made["handlers"].fps, lambda: saves.best_path),  # type: ignore
-        "trackers": lambda: training.start_trackers(loop),
+        "handlers": lambda: handlers.attach_all(ctx, fps),
+        "checkpoints": lambda: saves.attach(ctx.trainer, None),
+        "summary": lambda: summary.RunSummary.attach(ctx, lambda: fps.fps,
+                                                     lambda: saves.best_path),
+        "trackers": lambda: process.start_trackers(ctx),
     }
     for name in order:
         made[name] = attach[name]()
-    outputs = training.Outputs(saves, made["summary"], made["trackers"])  # type: ignore
+    outputs = process.Outputs(saves, made["summary"], made["trackers"])  # type: ignore
     try:
-        training.run_until_done(loop, outputs)
+        process.run_until_done(ctx, outputs)
     finally:
         logging.getLogger("ignite_rn50").handlers.clear()
-    return loop
+    return ctx
 
 
 def _files(out: Path) -> dict:
@@ -95,18 +96,18 @@ def test_nonfinite_weights_after_an_epochs_last_step_are_not_evaluated_or_saved(
     """Every loss that is checked is finite, yet the last update of epoch 2 makes the weights
     NaN: EpochEnd stops before evaluation, so no checkpoint, history row or summary of it."""
     out = tmp_path / "nan"
-    loop = _loop(out)
-    saves = checkpoints.setup_checkpoints(loop)
+    ctx = _context(out)
+    saves = checkpoints.setup_checkpoints(ctx)
 
-    @loop.trainer.on(Events.ITERATION_COMPLETED(once=16))  # the last of epoch 2 (8 per epoch)
+    @ctx.trainer.on(Events.ITERATION_COMPLETED(once=16))  # the last of epoch 2 (8 per epoch)
     def poison(_: object) -> None:
         with torch.no_grad():
-            next(loop.parts.model.parameters()).fill_(float("nan"))
+            next(ctx.parts.model.parameters()).fill_(float("nan"))
 
-    outputs = training.attach_outputs(loop, saves)
+    outputs = process.attach_outputs(ctx, saves)
     with pytest.raises(Diverged, match="weights became NaN/inf at epoch 2, iteration 8"):
         try:
-            training.run_until_done(loop, outputs)
+            process.run_until_done(ctx, outputs)
         finally:
             logging.getLogger("ignite_rn50").handlers.clear()
     assert sorted(p.name for p in out.glob("checkpoint_*.pt")) == ["checkpoint_1.pt"]

@@ -40,6 +40,7 @@ class GracefulStop:
 
     def __init__(self) -> None:
         self.signum = 0  # the first signal received by this process; 0 = none
+        self.stopped_by: str | None = None  # the signal that stopped the job, once agreed
         self._count = SignalCount()
         self._previous: dict[int, Any] = {}
 
@@ -72,7 +73,7 @@ class GracefulStop:
             flag = torch.tensor([float(signum)], device=idist.device())
             signum = int(idist.all_reduce(flag, op="MAX").item())
         if signum:
-            engine.state.stopped_by_signal = signal.Signals(signum).name
+            self.stopped_by = signal.Signals(signum).name
             engine.terminate()
 
 

@@ -27,7 +27,7 @@ import ignite.distributed as idist
 import torch
 
 from ignite_rn50.errors import UserError, import_optional
-from ignite_rn50.precision import Precision
+from ignite_rn50.system.precision import Precision
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +164,11 @@ def prepare_spawned_ranks(device_type: str) -> None:
     one is visible, which would move collectives to the GPU (or fail past the GPU count)."""
     if device_type == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The layout of the model's weights and of every batch it sees (--channels-last)."""
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def pin_memory(device: torch.device) -> bool:

@@ -2,7 +2,7 @@
 or a learnable synthetic set.
 
 Both come out as an ``ImageSet`` (uint8 ``[N, 3, H, W]`` images, int64 labels), which either
-input pipeline (see ``pipeline.py``) can feed to the model.
+input pipeline (see ``pipelines.py``) can feed to the model.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ignite_rn50.datasets import (
+from ignite_rn50.data.registry import (
     CIFAR100_MEAN,
     CIFAR100_STD,
     DatasetSpec,

@@ -1,5 +1,5 @@
-"""The step: model, optimiser and precision put together, the train step and the two Engines.
-Nothing is written here; the one file read is --init-from's weights.
+"""The train step and the two Engines (the parts they run are put together in
+``assembly.py``). Nothing is read or written here.
 
 The step is ours rather than ``create_supervised_trainer``'s because ignite autocasts on
 "cuda" whatever the device; ours autocasts on the real device type (npu, cuda, cpu) and
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -18,15 +17,11 @@ from ignite.engine import Engine
 from ignite.metrics import Accuracy, Loss, TopKCategoricalAccuracy
 from torch import nn
 
-from ignite_rn50 import device as dev
-from ignite_rn50 import distributed, weights
-from ignite_rn50 import precision as prec
-from ignite_rn50.config import Config
-from ignite_rn50.graph import GraphedStep, StepBody
-from ignite_rn50.mixing import BatchMix, MixSpec
-from ignite_rn50.model import build_model
-from ignite_rn50.runtime import Runtime
-from ignite_rn50.schedule import LrSchedule, ScheduleSpec
+from ignite_rn50.data.mixing import BatchMix
+from ignite_rn50.system import device as dev
+from ignite_rn50.system import precision as prec
+from ignite_rn50.training.assembly import Parts
+from ignite_rn50.training.graph import GraphedStep, StepBody
 
 log = logging.getLogger("ignite_rn50")
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -38,66 +33,6 @@ def prepare_batch(batch: Batch, device: torch.device,
     images, targets = batch
     return (images.to(device, non_blocking=True, memory_format=memory_format),
             targets.to(device, non_blocking=True))
-
-
-@dataclass
-class Parts:
-    """Everything a train step needs (checkpoints.setup_checkpoints picks what to save)."""
-
-    model: nn.Module  # the bare model: checkpoints, evaluation, checksums
-    net: nn.Module  # what the train step calls: DDP-wrapped and/or compiled
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    criterion: nn.Module  # the training loss
-    eval_criterion: nn.Module  # the validation loss: plain cross-entropy
-    schedule: LrSchedule
-    precision: prec.Precision
-    memory_format: torch.memory_format
-    mix: BatchMix | None = None  # mixup/cutmix of the training batches, when the recipe has it
-
-
-def mix_spec(cfg: Config) -> MixSpec:
-    return MixSpec.resolve(cfg.mixup_alpha, cfg.mixup_prob, cfg.cutmix_alpha, cfg.cutmix_prob)
-
-
-def schedule_spec(cfg: Config, epoch_length: int) -> ScheduleSpec:
-    """--warmup-epochs counts iterations of this run's epochs (mmcv's warmup_by_epoch)."""
-    warmup = cfg.warmup_iters or round(cfg.warmup_epochs * epoch_length)
-    return ScheduleSpec(lr=cfg.lr, policy=cfg.lr_policy, milestones=tuple(cfg.lr_milestones),
-                        gamma=cfg.lr_gamma, min_lr=cfg.min_lr, epochs=cfg.epochs,
-                        warmup_iters=warmup, warmup_factor=cfg.warmup_factor)
-
-
-def build_parts(cfg: Config, rt: Runtime, num_classes: int, epoch_length: int) -> Parts:
-    """Model (from --init-from's weights if given), then optimiser, apex, DDP and
-    compilation, in the order each requires: apex casts the model before DDP wraps it, and
-    DDP broadcasts rank 0's weights."""
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = build_model(cfg.depth, num_classes)
-    if cfg.init_from is not None:
-        layout = weights.load_into(model, Path(cfg.init_from), flag="--init-from")
-        if rt.is_main:
-            log.info("initialised from %s (%s layout; optimizer, schedule and epochs start "
-                     "fresh)", cfg.init_from, layout)
-    model = model.to(rt.device, memory_format=memory_format)
-    optimizer = prec.make_optimizer(model.parameters(), rt.device, rt.precision,
-                                    prec.Sgd(cfg.lr, cfg.momentum, cfg.weight_decay,
-                                             cfg.nesterov))
-    if rt.precision.backend == "apex":
-        model, optimizer = prec.apex_initialize(model, optimizer, rt.device, rt.precision)
-    net = distributed.wrap_ddp(model, rt.device) if rt.processes > 1 else model
-    if cfg.compile:
-        net = dev.compile_model(net, rt.device)
-    schedule = LrSchedule(optimizer, schedule_spec(cfg, epoch_length))
-    mixing = mix_spec(cfg)
-    return Parts(model=model, net=net, optimizer=optimizer,
-                 scaler=prec.make_grad_scaler(rt.device, rt.precision),
-                 criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing).to(rt.device),
-                 eval_criterion=nn.CrossEntropyLoss().to(rt.device), schedule=schedule,
-                 precision=rt.precision, memory_format=memory_format,
-                 mix=BatchMix(mixing, num_classes, rt.device, stream=(cfg.seed, rt.rank),
-                              batch_size=cfg.batch_size // rt.processes)
-                 if mixing.enabled else None)
 
 
 class Update:
@@ -141,6 +76,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, update: StepBody, inputs: Inputs,
                  zero_grad: Callable[[], None] | None) -> None:
         self.model, self.update, self.inputs, self.zero_grad = model, update, inputs, zero_grad
+        self.facts = StepFacts()
 
     def __call__(self, engine: Engine, batch: Batch) -> torch.Tensor:
         self.model.train()
@@ -148,7 +84,7 @@ class TrainStep:
         if self.zero_grad is not None:
             self.zero_grad()
         loss, logits = self.update(images, targets)
-        record_what_ran(engine, logits, images)
+        self.facts.record(logits, images)
         return loss
 
 
@@ -169,22 +105,30 @@ def make_graphed_train_step(parts: Parts, device: torch.device,
                      Inputs(device, parts.memory_format, parts.mix), zero_grad=None)
 
 
-def build_trainer(parts: Parts, device: torch.device, graph: bool) -> Engine:
+def build_trainer(parts: Parts, device: torch.device, graph: bool) -> tuple[Engine, StepFacts]:
+    """The trainer, and what its step reports of what really ran."""
     if graph:
-        return create_trainer(make_graphed_train_step(parts, device,
-                                                      dev.graph_api(device, parts.precision)))
-    return create_trainer(make_train_step(parts.net, parts.optimizer, parts.criterion,
-                                          prec.Amp(device, parts.precision, parts.scaler),
-                                          Inputs(device, parts.memory_format, parts.mix)))
+        step = make_graphed_train_step(parts, device, dev.graph_api(device, parts.precision))
+    else:
+        step = make_train_step(parts.net, parts.optimizer, parts.criterion,
+                               prec.Amp(device, parts.precision, parts.scaler),
+                               Inputs(device, parts.memory_format, parts.mix))
+    return create_trainer(step), step.facts
 
 
-def record_what_ran(engine: Engine, logits: torch.Tensor, images: torch.Tensor) -> None:
-    """What really ran (not what was asked), from tensor metadata alone (no device sync):
-    read back by summary.json and the tests."""
-    engine.state.step_dtype = logits.dtype
-    engine.state.step_device = logits.device
-    engine.state.step_channels_last = (images.dim() == 4 and not images.is_contiguous()
-                                       and images.is_contiguous(memory_format=torch.channels_last))
+@dataclass
+class StepFacts:
+    """What the train step really ran (not what was asked), from tensor metadata alone (no
+    device sync): summary.json reports it."""
+
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+    channels_last: bool | None = None
+
+    def record(self, logits: torch.Tensor, images: torch.Tensor) -> None:
+        self.dtype, self.device = logits.dtype, logits.device
+        self.channels_last = (images.dim() == 4 and not images.is_contiguous()
+                              and images.is_contiguous(memory_format=torch.channels_last))
 
 
 def create_trainer(train_step: Callable[[Engine, Batch], torch.Tensor]) -> Engine:

@@ -5,7 +5,8 @@ ignite 0.5's native model knows only nccl/gloo/mpi, returns cuda or cpu from ``d
 and hard-codes ``_NativeDistModel`` inside its static spawn/worker functions. ``HcclDistModel``
 subclasses it for Ascend: it accepts "hccl", selects ``npu:<local_rank>`` before
 ``init_process_group`` and reports that device. Registering it is done at import of this
-module, which spawned children import too (they unpickle ``run.train`` from it).
+module, which spawned children import too (they unpickle ``training.process.train``, whose
+module imports this one).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import gc
 import multiprocessing
 import os
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -37,10 +39,9 @@ import torch.multiprocessing as mp  # noqa: E402
 from ignite.distributed.comp_models.native import _NativeDistModel  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ignite_rn50 import device as dev  # noqa: E402
-from ignite_rn50.config import Config  # noqa: E402
-from ignite_rn50.errors import UserError  # noqa: E402
-from ignite_rn50.signals import SignalRelay  # noqa: E402
+from ignite_rn50.errors import EXIT_INTERRUPTED, Stop, UserError  # noqa: E402
+from ignite_rn50.system import device as dev  # noqa: E402
+from ignite_rn50.system.signals import SignalRelay  # noqa: E402
 
 
 class HcclDistModel(_NativeDistModel):
@@ -230,11 +231,6 @@ class Topology:
     timeout_s: int
     backend: str | None  # None: one process
 
-    @classmethod
-    def of(cls, cfg: Config, backend: str | None) -> Topology:
-        return cls(cfg.nproc, cfg.nodes, cfg.node_rank, cfg.addr, cfg.port, cfg.dist_timeout,
-                   backend)
-
     @property
     def processes(self) -> int:
         return self.nproc * self.nodes
@@ -322,3 +318,31 @@ def sync_buffers(model: nn.Module) -> None:
     for buf in model.buffers():
         if buf.is_floating_point():
             buf.copy_(idist.broadcast(buf, src=0))
+
+
+def rank_main(prog: str, body: Callable[[Any], None], job: Any) -> None:
+    """Per-process entry of a job of several processes (spawned, torchrun or SLURM): a Stop
+    ends this rank with its status and one line, Ctrl-C with 130; the process group is freed
+    on every path. A single process lets everything through to ``main``."""
+    status = 0
+    try:
+        body(job)
+    except Stop as exc:
+        if idist.get_world_size() == 1:
+            raise
+        status = exc.exit_status
+        if not exc.logged:
+            # one line per job: the same mistake usually stops every rank, and the launcher
+            # ends the others as soon as one exits; a rank that failed alone still says why
+            if idist.get_rank() != 0:
+                time.sleep(2)
+            sys.stderr.write(f"{prog}: error: {exc}\n")
+    except KeyboardInterrupt:
+        if idist.get_world_size() == 1:
+            raise
+        status = EXIT_INTERRUPTED  # torch's spawn wrapper would report a Ctrl-C as success
+    finally:
+        release_process_objects()
+    if status:
+        leave_group()
+        sys.exit(status)

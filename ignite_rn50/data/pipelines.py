@@ -7,7 +7,7 @@ uninterrupted run would have seen (exactly for the device pipeline; the torchvis
 replays the same images, with fresh augmentation draws from its workers).
 
 Augmentation is the reference one: random crop with 4 px zero padding (at 32x32), horizontal
-flip with p=0.5, normalisation by the dataset's mean/std (``datasets.py``). Both pipelines
+flip with p=0.5, normalisation by the dataset's mean/std (``registry.py``). Both pipelines
 draw crop offsets uniformly from 0..8 and flips with rate 0.5, and give bit-identical
 evaluation inputs.
 """
@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol
+from typing import Iterator, Protocol
 
-import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ignite_rn50 import device as dev
-from ignite_rn50.config import Config
-from ignite_rn50.data import ImageSet, SyntheticSizes, ensure_files, load_datasets
-from ignite_rn50.datasets import CIFAR100_MEAN, CIFAR100_STD, dataset_spec
-from ignite_rn50.errors import UserError
+from ignite_rn50.data.readers import ImageSet
+from ignite_rn50.data.registry import CIFAR100_MEAN, CIFAR100_STD
+from ignite_rn50.system import device as dev
 
 PAD = 4  # at 32x32, the reference; smaller (synthetic) images pad in proportion
 
@@ -51,11 +48,6 @@ class Normalization:
 
 CIFAR100 = Normalization(tuple(m / 255 for m in CIFAR100_MEAN),
                          tuple(s / 255 for s in CIFAR100_STD))
-
-
-def synthetic_sizes(cfg: Config) -> SyntheticSizes:
-    return SyntheticSizes(cfg.synthetic_train_size, cfg.synthetic_test_size,
-                          cfg.synthetic_classes, cfg.synthetic_image_size)
 
 
 def epoch_seed(seed: int, rank: int, epoch: int) -> int:
@@ -159,7 +151,7 @@ class DeviceTrainData:
         self.device, self.batch_size, self.rank, self.seed = (device, feed.batch_size,
                                                               feed.rank, feed.seed)
         self.norm = Normalization.of(data)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = dev.memory_format(channels_last)
         # every rank gets the same number of batches (the smallest shard decides): DDP needs it
         self.num_batches = feed.batches_in(len(data) // feed.world_size, len(data))
         self.epoch, self.start_batch = 0, 0
@@ -191,7 +183,7 @@ class DeviceTrainData:
 def device_eval_batches(data: ImageSet, device: torch.device, batch_size: int, *, rank: int,
                         world_size: int, channels_last: bool = False) -> list:
     """Every test image exactly once over all ranks (r::world, no padding), normalised once."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = dev.memory_format(channels_last)
     images = data.images[rank::world_size]
     labels = data.labels[rank::world_size]
     norm = Normalization.of(data)
@@ -287,51 +279,3 @@ def loader_eval_batches(data: ImageSet, batch_size: int, *, rank: int, world_siz
     subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory)
-
-
-# --- the run's dataflow ---------------------------------------------------------------------------
-
-@dataclass
-class Dataflow:
-    """This process's share of the data, ready for the two engines."""
-
-    train: TrainData
-    eval_batches: Iterable
-    num_classes: int
-    batch_per_process: int
-    kind: str  # "device" or "torchvision"
-
-
-def build_dataflow(cfg: Config, device: torch.device) -> Dataflow:
-    """Load the dataset (downloading it once per job with --download), shard it over the
-    ranks and build the input pipeline that fits (see ``fits_on_device``)."""
-    rank, world = idist.get_rank(), idist.get_world_size()
-    if cfg.batch_size % world:  # --nproc runs were checked by the config; torchrun is here
-        raise UserError(f"--batch-size {cfg.batch_size} is global and must divide evenly over "
-                        f"the {world} processes of this job; use a multiple of {world}")
-    spec = dataset_spec(cfg.dataset)
-    if spec.needs_files and cfg.download:
-        with idist.one_rank_first():  # rank 0 downloads; the others find it (or fetch their own)
-            ensure_files(spec, cfg.data)
-    train_set, test_set = load_datasets(spec, cfg.data, synthetic_sizes(cfg))
-    batch = cfg.batch_size // world
-    eval_batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
-    on_device = cfg.data_pipeline == "device" or (cfg.data_pipeline == "auto" and fits_on_device(
-        train_set, test_set, world, dev.free_memory(device)))
-    shard = dict(rank=rank, world_size=world)
-    feed = Feed(batch, seed=cfg.seed, max_batches=cfg.max_iters, drop_last=cfg.drop_last,
-                **shard)
-    try:
-        if on_device:
-            train: TrainData = DeviceTrainData(train_set, device, feed, cfg.channels_last)
-            evals: Iterable = device_eval_batches(test_set, device, eval_batch,
-                                                  channels_last=cfg.channels_last, **shard)
-        else:
-            pin = dev.pin_memory(device)
-            train = LoaderTrainData(train_set, feed, num_workers=cfg.num_workers, pin_memory=pin)
-            evals = loader_eval_batches(test_set, eval_batch, num_workers=cfg.num_workers,
-                                        pin_memory=pin, **shard)
-    except ValueError as exc:
-        raise UserError(f"{exc}; lower --batch-size or use more data") from None
-    return Dataflow(train, evals, test_set.num_classes, batch,
-                    "device" if on_device else "torchvision")

@@ -14,13 +14,16 @@ import ignite.distributed as idist
 import torch
 from ignite.utils import manual_seed
 
-from ignite_rn50 import device as dev
-from ignite_rn50 import distributed, environment, rundir
-from ignite_rn50 import precision as prec
-from ignite_rn50.config import Config
-from ignite_rn50.data import ensure_files, locate
-from ignite_rn50.datasets import dataset_spec
+from ignite_rn50.config import specs
+from ignite_rn50.config.declaration import Config
+from ignite_rn50.data.readers import locate
+from ignite_rn50.data.registry import dataset_spec
 from ignite_rn50.errors import UserError
+from ignite_rn50.outputs import logs, rundir
+from ignite_rn50.system import device as dev
+from ignite_rn50.system import distributed
+from ignite_rn50.system import precision as prec
+from ignite_rn50.training.dataflow import download_once_per_job
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,8 @@ def preflight(cfg: Config, claim_output: bool = True
     dev.check_device_count(device_type, cfg.nproc, cfg.gpu_id)
     backend = dev.backend_for(device_type, cfg.backend) if multi else None
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        precision = prec.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend)
+        warnings.simplefilter("ignore")  # each rank warns (in its log) about slow cpu autocast
+        precision = specs.precision(cfg, device_type)
     if cfg.graph:
         dev.graph_api(torch.device(device_type), precision)
         if precision.backend == "apex":
@@ -67,10 +70,10 @@ def preflight(cfg: Config, claim_output: bool = True
                             "the host: pass --amp-backend native or drop --graph")
     if cfg.compile:
         dev.compile_backend_available(device_type)
+    if not external:
+        download_once_per_job(cfg, launched_externally=False)  # before any rank reads it
     spec = dataset_spec(cfg.dataset)
     if spec.needs_files:
-        if cfg.download and not external:
-            ensure_files(spec, cfg.data)  # here, once, before any rank reads it
         locate(spec, cfg.data)
     lock = None
     if claim_output and owns_output_dir(cfg.node_rank):
@@ -82,24 +85,28 @@ def preflight(cfg: Config, claim_output: bool = True
     return backend, lock
 
 
+def open_device(cfg: Config) -> torch.device:
+    """This process's device, its backends configured (training, evaluate and export)."""
+    device = dev.process_device(dev.resolve_device_type(cfg.device), cfg.gpu_id)
+    dev.configure_backends(device, idist.get_nproc_per_node())
+    return device
+
+
 def setup_process(cfg: Config) -> Runtime:
     """Device, logging (rank 0: console and train.log), seeds, precision; rank 0 opens the
     log with the environment."""
     started = time.perf_counter()
     rank, world = idist.get_rank(), idist.get_world_size()
-    device_type = dev.resolve_device_type(cfg.device)
-    device = dev.process_device(device_type, cfg.gpu_id)
-    dev.configure_backends(device, idist.get_nproc_per_node())
+    device = open_device(cfg)
     out = Path(cfg.output_dir).expanduser().resolve()
     if world > 1:
         idist.barrier()  # the folder's owner created it before the ranks started
-    environment.setup_logging(rank, out / "train.log" if rank == 0 else None)
+    logs.setup_logging(rank, out / "train.log" if rank == 0 else None)
     manual_seed(cfg.seed + rank)
-    precision = prec.resolve_precision(device_type, cfg.amp, cfg.amp_dtype, cfg.amp_backend,
-                                      cfg.loss_scale, cfg.opt_level)
-    env = environment.environment(dev.describe_device(device),
+    precision = specs.precision(cfg, device.type)
+    env = logs.environment(dev.describe_device(device),
                                 idist.backend() if world > 1 else None)
     if rank == 0:
-        environment.log_environment(env)
-        environment.log.info("precision: %s", precision.explain())
+        logs.log_environment(env)
+        logs.log.info("precision: %s", precision.explain())
     return Runtime(rank, world, device, precision, out, env, started)

@@ -1,6 +1,6 @@
 """The objects one training process is made of, in one place (as ignite's ``State`` is for
-an Engine): the handlers, checkpoints and reports take a ``Loop`` instead of a dozen
-parameters. Built once by ``training.build_loop``; nothing here does any work."""
+an Engine): the handlers, checkpoints and reports take a ``RunContext`` instead of a dozen
+parameters. Built once by ``process.build_context``; nothing here does any work."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from typing import Any
 
 from ignite.engine import Engine
 
-from ignite_rn50.config import Config
-from ignite_rn50.engine import Parts
-from ignite_rn50.pipeline import Dataflow
-from ignite_rn50.runtime import Runtime
-from ignite_rn50.signals import GracefulStop
+from ignite_rn50.config.declaration import Config
+from ignite_rn50.system.signals import GracefulStop
+from ignite_rn50.training.assembly import Parts
+from ignite_rn50.training.dataflow import Dataflow
+from ignite_rn50.training.runtime import Runtime
+from ignite_rn50.training.step import StepFacts
 
 
 class RunRecord:
@@ -38,7 +39,9 @@ class RunRecord:
 
 
 @dataclass
-class Loop:
+class RunContext:
+    """A training process's objects (see the module's docstring)."""
+
     cfg: Config
     rt: Runtime
     data: Dataflow
@@ -46,6 +49,7 @@ class Loop:
     trainer: Engine
     evaluator: Engine
     stop: GracefulStop
+    step_facts: StepFacts = field(default_factory=StepFacts)
     record: RunRecord = field(default_factory=RunRecord)
 
     @property

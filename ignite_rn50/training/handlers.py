@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+from torch import nn
 
-from ignite_rn50 import device as dev
-from ignite_rn50 import distributed
 from ignite_rn50.errors import Diverged, NonFiniteLoss
 from ignite_rn50.events import RunEvents
-from ignite_rn50.loop import Loop
+from ignite_rn50.system import device as dev
+from ignite_rn50.system import distributed
+from ignite_rn50.training.context import RunContext, RunRecord
 
 log = logging.getLogger("ignite_rn50")
 
@@ -253,14 +255,24 @@ def feed_epochs(trainer: Engine, train_data: Any) -> None:
         train_data.set_epoch(engine.state.epoch, start_batch=done)
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What each epoch's end scores, and with what: the evaluator and the test batches."""
+
+    evaluator: Engine
+    batches: Iterable
+
+
 class EpochEnd:
     """At each epoch end, in this order: the throughput window closes, the epoch's loss (a
     NaN stops here), finite weights, BN statistics from rank 0 (several processes),
     evaluation, one history row, the log line; then ``EPOCH_EVALUATED`` and ``EPOCH_SAVED``
     fire. Nothing diverged is ever evaluated or saved."""
 
-    def __init__(self, loop: Loop, losses: LossTracker, fps: FpsMeter) -> None:
-        self.loop, self.losses, self.fps = loop, losses, fps
+    def __init__(self, model: nn.Module, scoring: Scoring, record: RunRecord, *,
+                 measures: tuple[LossTracker, FpsMeter], epoch_lr: Callable[[], float]) -> None:
+        self.model, self.scoring, self.record, self.epoch_lr = model, scoring, record, epoch_lr
+        self.losses, self.fps = measures
         self._started = time.perf_counter()
 
     def attach(self, engine: Engine) -> None:
@@ -271,26 +283,25 @@ class EpochEnd:
         self._started = time.perf_counter()
 
     def __call__(self, engine: Engine) -> None:
-        loop = self.loop
         self.fps.epoch_completed(engine)
         train_seconds = time.perf_counter() - self._started
         self.losses.epoch_completed(engine)
-        check_finite_weights(loop.parts.model, engine)
+        check_finite_weights(self.model, engine)
         if idist.get_world_size() > 1:
-            distributed.sync_buffers(loop.parts.model)
+            distributed.sync_buffers(self.model)
         eval_started = time.perf_counter()
-        loop.evaluator.run(loop.data.eval_batches)
-        metrics = loop.evaluator.state.metrics
+        self.scoring.evaluator.run(self.scoring.batches)
+        metrics = self.scoring.evaluator.state.metrics
         row = {"epoch": engine.state.epoch, "train_loss": self.losses.epoch_loss,
                "val_loss": metrics["loss"], "val_top1": metrics["top1"],
-               "val_top5": metrics["top5"], "lr": loop.parts.schedule.epoch_lr,
+               "val_top5": metrics["top5"], "lr": self.epoch_lr(),
                "fps": self.fps.epoch_fps, "data_wait": self.fps.epoch_data_wait,
                "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - eval_started}
-        loop.record.add(row)
+        self.record.add(row)
         engine.state.metrics.update(epoch_loss=row["train_loss"], fps=row["fps"] or 0.0,
                                     data_wait=row["data_wait"] or 0.0, epoch_lr=row["lr"])
         if idist.get_rank() == 0:
-            log_epoch(row, loop.cfg.epochs)
+            log_epoch(row, engine.state.max_epochs)
         engine.fire_event(RunEvents.EPOCH_EVALUATED)
         engine.fire_event(RunEvents.EPOCH_SAVED)
 
@@ -303,20 +314,20 @@ def log_epoch(row: dict[str, Any], epochs: int) -> None:
              f"{100 * row['data_wait']:.1f}%" if row["data_wait"] is not None else "n/a")
 
 
-def attach_all(loop: Loop) -> FpsMeter:
-    """The trainer's own handlers (no event of theirs depends on another's order: the epoch's
-    end is one handler, EpochEnd). Returns the FPS meter, whose run-wide figure summary.json
-    reports."""
-    trainer, cfg, schedule = loop.trainer, loop.cfg, loop.parts.schedule
-    fps = FpsMeter(loop.rt.device)
+def attach_all(ctx: RunContext, fps: FpsMeter) -> None:
+    """The trainer's own handlers. Their order of registration matters in two places, each
+    kept inside one handler: LossTracker stores a step's loss before its reading point reads
+    the window (both registered by ``LossTracker.attach``, in that order), and the epoch's end
+    is one handler, EpochEnd. ``fps`` is the wiring's: summary.json reads its run figure."""
+    trainer, cfg, schedule = ctx.trainer, ctx.cfg, ctx.parts.schedule
     fps.attach(trainer)
     schedule.attach(trainer)
-    feed_epochs(trainer, loop.data.train)
-    interval = IntervalLog(lambda: schedule.lr, loop.global_batch, cfg.epochs,
-                           loop.rt.out / "train_loss.csv", resumed_at=trainer.state.iteration)
+    feed_epochs(trainer, ctx.data.train)
+    interval = IntervalLog(lambda: schedule.lr, ctx.global_batch, cfg.epochs,
+                           ctx.rt.out / "train_loss.csv", resumed_at=trainer.state.iteration)
     interval.attach(trainer)
-    losses = LossTracker(loop.rt.device, cfg.print_freq, interval)
+    losses = LossTracker(ctx.rt.device, cfg.print_freq, interval)
     losses.attach(trainer)
-    loop.stop.attach(trainer, every=cfg.print_freq)
-    EpochEnd(loop, losses, fps).attach(trainer)
-    return fps
+    ctx.stop.attach(trainer, every=cfg.print_freq)
+    EpochEnd(ctx.parts.model, Scoring(ctx.evaluator, ctx.data.eval_batches), ctx.record,
+             measures=(losses, fps), epoch_lr=lambda: schedule.epoch_lr).attach(trainer)

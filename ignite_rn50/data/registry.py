@@ -1,7 +1,7 @@
 """The datasets the trainer knows, one small spec each: a new dataset is one new entry here.
 
 Specs are plain data (no torch), so ``--help`` can list them before anything heavy loads;
-``data.py`` reads the files a spec names, ``pipeline.py`` normalises with its statistics.
+``readers.py`` reads the files a spec names, ``pipelines.py`` normalises with its statistics.
 """
 
 from __future__ import annotations

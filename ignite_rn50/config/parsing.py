@@ -11,7 +11,7 @@ from typing import Any, Union
 
 import yaml
 
-from ignite_rn50.config import FIELDS, Config, default_of, flag, key_of, validate
+from ignite_rn50.config.declaration import FIELDS, Config, default_of, flag, key_of, validate
 from ignite_rn50.errors import UserError
 
 ATTRIBUTE_OF_KEY = {key_of(name): name for name in FIELDS}
@@ -162,6 +162,12 @@ def make_config(values: dict[str, Any]) -> Config:
     cfg = Config(**values)
     validate(cfg)
     return cfg
+
+
+# What only concerns training, set aside by the commands that read a checkpoint (evaluate,
+# export) so that a run's config.yaml applies to them as it is.
+TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": False,
+                 "amp_backend": "native", "download": False}
 
 
 def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None) -> Config:

@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -142,3 +143,21 @@ def out_of_space(folder: Path, name: str, needed: int, intact: str) -> OutOfSpac
     return OutOfSpace(f"could not write {name}: {folder} is full (about {_size(needed)} "
                       f"needed, {_size(free)} free); {intact}. Free some space, then rerun "
                       "with --resume auto")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """A reader (or a kill) never sees half a file: write beside it, then rename. A full disk
+    leaves the previous file as it was and is one line."""
+    text = json.dumps(data, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if not is_out_of_space(exc, path.parent, len(text)):
+            raise
+        raise out_of_space(path.parent, path.name, len(text),
+                                  f"{path.name} keeps its previous version") from None

@@ -1,7 +1,7 @@
 """One declared configuration: defaults < YAML file < command-line flags, validated once.
 
 Every option is declared exactly once below (type, default, help, choices); the YAML schema,
-the argparse flags and ``--help`` are derived from that declaration (``config_schema.py``),
+the argparse flags and ``--help`` are derived from that declaration (``parsing.py``),
 so a key that is not declared is an error everywhere and a default can never drift between
 two places. The resolved ``Config`` is frozen: nothing changes it at run time.
 
@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from ignite_rn50.datasets import DATASETS, dataset_spec
+from ignite_rn50.data.registry import DATASETS, dataset_spec
 from ignite_rn50.errors import UserError
-from ignite_rn50.schedule import POLICIES
-from ignite_rn50.trackers import TRACKERS
+from ignite_rn50.optim.schedule import POLICIES
+from ignite_rn50.outputs.trackers import TRACKERS
 
 
 def _opt(default: Any, help: str, *, choices: tuple | None = None, group: str = "training",
@@ -191,6 +191,16 @@ def default_of(name: str) -> Any:
     return field.default if field.default is not dataclasses.MISSING else field.default_factory()
 
 
+def batch_share_problem(batch_size: int, processes: int, how: str) -> str | None:
+    """Why the global --batch-size cannot be split over ``processes`` (``how``: what made them,
+    in words), or None: the one rule, checked by the config for --nproc jobs and by the
+    dataflow for torchrun/SLURM ones, whose size only the process group knows."""
+    if batch_size % processes == 0:
+        return None
+    return (f"--batch-size {batch_size} is global and must divide evenly over {processes} "
+            f"processes ({how}); use a multiple of {processes}")
+
+
 # --- value checks -------------------------------------------------------------------------------
 
 Need = Callable[[bool, str], None]
@@ -269,10 +279,10 @@ def _validate_job(cfg: Config, need: Need) -> None:
          f"--save-every-iters must be positive, got {cfg.save_every_iters}")
     unknown = [name for name in cfg.loggers if name not in TRACKERS]
     need(not unknown, f"--loggers accepts {', '.join(TRACKERS)}, got {', '.join(unknown)}")
-    need(cfg.batch_size % cfg.processes == 0,
-         f"--batch-size {cfg.batch_size} is global and must divide evenly over "
-         f"{cfg.processes} processes (--nproc {cfg.nproc} x --world-size {cfg.nodes}); "
-         f"use a multiple of {cfg.processes}")
+    need(not batch_share_problem(cfg.batch_size, cfg.processes,
+                                 f"--nproc {cfg.nproc} x --world-size {cfg.nodes}"),
+         batch_share_problem(cfg.batch_size, cfg.processes,
+                             f"--nproc {cfg.nproc} x --world-size {cfg.nodes}") or "")
     need(not (cfg.graph and cfg.processes > 1),
          "--graph with several processes is not supported yet (DDP's gradient all-reduce is "
          "not captured); drop --graph or run one process")

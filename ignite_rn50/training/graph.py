@@ -29,8 +29,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ignite_rn50.device import GraphApi
 from ignite_rn50.errors import UserError
+from ignite_rn50.system.device import GraphApi
 
 StepBody = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

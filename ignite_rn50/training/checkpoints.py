@@ -27,11 +27,12 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-from ignite_rn50 import distributed, rundir
-from ignite_rn50 import precision as prec
 from ignite_rn50.errors import OutOfSpace, UserError
 from ignite_rn50.events import RunEvents
-from ignite_rn50.loop import Loop
+from ignite_rn50.outputs import rundir
+from ignite_rn50.system import distributed
+from ignite_rn50.system import precision as prec
+from ignite_rn50.training.context import RunContext
 
 log = logging.getLogger("ignite_rn50")
 
@@ -84,7 +85,7 @@ class Saved:
 
 class Checkpoints:
     """Saves ``to_save`` at each evaluated epoch (and mid-epoch when asked), keeps the files
-    of the module docstring, and turns a full disk into one line (``rundir.no_space``)."""
+    of the module docstring, and turns a full disk into one line (``rundir.out_of_space``)."""
 
     def __init__(self, to_save: dict[str, Any], dirname: Path, keep: int,
                  top1: Callable[[], float]) -> None:
@@ -237,29 +238,29 @@ def restore(to_load: dict[str, Any], state: dict[str, Any], path: Path) -> None:
                         "options of the run that wrote it") from None
 
 
-def setup_checkpoints(loop: Loop) -> Checkpoints:
+def setup_checkpoints(ctx: RunContext) -> Checkpoints:
     """One ``to_save`` dict serves saving and resuming; ``identity`` names what a checkpoint
     must match to be resumed."""
-    parts = loop.parts
-    identity = RunIdentity({"depth": loop.cfg.depth, "num_classes": loop.data.num_classes,
+    parts = ctx.parts
+    identity = RunIdentity({"depth": ctx.cfg.depth, "num_classes": ctx.data.num_classes,
                             "optimizer": type(parts.optimizer).__name__,
                             "amp": parts.precision.describe()})
     to_save: dict[str, Any] = {"model": parts.model, "optimizer": parts.optimizer,
-                               "lr_scheduler": parts.schedule, "trainer": loop.trainer,
-                               "record": loop.record, "identity": identity}
+                               "lr_scheduler": parts.schedule, "trainer": ctx.trainer,
+                               "record": ctx.record, "identity": identity}
     if parts.scaler is not None:
         to_save["scaler"] = parts.scaler
     if parts.precision.backend == "apex":
         to_save["amp"] = prec.apex_state()
-    evaluator = loop.evaluator
-    return Checkpoints(to_save, loop.rt.out, loop.cfg.keep_checkpoints,
+    evaluator = ctx.evaluator
+    return Checkpoints(to_save, ctx.rt.out, ctx.cfg.keep_checkpoints,
                        top1=lambda: evaluator.state.metrics["top1"])
 
 
-def resume(loop: Loop, checkpoints: Checkpoints) -> Path | None:
+def resume(ctx: RunContext, checkpoints: Checkpoints) -> Path | None:
     """--resume: restore every saved object from the given checkpoint, or with ``auto`` the
     newest complete one in the folder. Returns the file, or None when starting fresh."""
-    spec, trainer = loop.cfg.resume, loop.trainer
+    spec, trainer = ctx.cfg.resume, ctx.trainer
     if spec is None:
         return None
     out = checkpoints.dirname
@@ -268,7 +269,7 @@ def resume(loop: Loop, checkpoints: Checkpoints) -> Path | None:
         log.info("--resume auto: no checkpoint in %s yet, starting from scratch", out)
         return None
     restore(checkpoints.to_save, load_checkpoint(path), path)
-    epoch_length = len(loop.data.train)
+    epoch_length = len(ctx.data.train)
     if trainer.state.epoch_length != epoch_length:
         raise UserError(f"--resume {path} was written with {trainer.state.epoch_length} "
                         f"iterations per epoch, this run has {epoch_length} (batch size, "

@@ -1,0 +1,170 @@
+"""One training process, step by step: ``run_training`` reads as the table of contents of a
+run; each step is a factory of the module that owns that concern (runtime, pipeline, engine,
+checkpoints, handlers, reporting, trackers). ``train`` is what every rank runs.
+
+Spawned ranks unpickle ``train`` from this module, so importing it imports ``distributed``
+(and the module it must import before any process group exists) in every child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import ignite.distributed as idist
+import yaml
+
+from ignite_rn50 import events
+from ignite_rn50.config.declaration import Config
+from ignite_rn50.config.parsing import save_config
+from ignite_rn50.errors import Diverged, OutOfSpace
+from ignite_rn50.model.resnet import count_parameters
+from ignite_rn50.outputs import logs, plots, trackers
+from ignite_rn50.system import device as dev
+from ignite_rn50.system import distributed
+from ignite_rn50.system.signals import GracefulStop
+from ignite_rn50.training import checkpoints, handlers, summary
+from ignite_rn50.training.assembly import build_parts
+from ignite_rn50.training.checkpoints import Checkpoints
+from ignite_rn50.training.context import RunContext
+from ignite_rn50.training.dataflow import build_dataflow
+from ignite_rn50.training.runtime import setup_process
+from ignite_rn50.training.step import build_trainer, create_evaluator
+
+log = logging.getLogger("ignite_rn50")
+PROG = "ignite_rn50"
+
+
+def run_training(cfg: Config) -> None:
+    """One process's run, step by step."""
+    stop = GracefulStop()
+    stop.install()  # from the start: a Ctrl-C during set-up stops at the first step
+    try:
+        ctx = build_context(cfg, stop)
+        saves = checkpoints.setup_checkpoints(ctx)
+        checkpoints.resume(ctx, saves)
+        if ctx.rt.is_main:  # once the folder's checkpoints accept this run
+            save_config(cfg, ctx.rt.out / "config.yaml")
+        if ctx.trainer.state.iteration >= cfg.epochs * ctx.epoch_length:
+            log.info("the run in %s is already complete (%d epochs); nothing to do",
+                     ctx.rt.out, ctx.trainer.state.epoch)
+            return
+        outputs = attach_outputs(ctx, saves)
+        log_start(ctx)
+        trackers.attach_progress_bar(cfg.progress_bar, ctx.rt.rank, ctx.trainer)
+        run_until_done(ctx, outputs)
+    finally:
+        stop.uninstall()  # the caller's handlers again, whatever stopped the run
+
+
+def build_context(cfg: Config, stop: GracefulStop) -> RunContext:
+    """Device, data, model and optimiser, the two engines and the run's events."""
+    rt = setup_process(cfg)
+    data = build_dataflow(cfg, rt.device, launched_externally=distributed.launched_externally())
+    parts = build_parts(cfg, rt, data)
+    trainer, step_facts = build_trainer(parts, rt.device, cfg.graph)
+    events.register(trainer)
+    evaluator = create_evaluator(parts.model, parts.eval_criterion, rt.device, parts.precision,
+                                 parts.memory_format)
+    return RunContext(cfg, rt, data, parts, trainer, evaluator, stop, step_facts)
+
+
+@dataclass
+class Outputs:
+    """What a run writes and reports besides its log."""
+
+    checkpoints: Checkpoints
+    summary: summary.RunSummary
+    tracking: trackers.Tracking
+
+
+def attach_outputs(ctx: RunContext, saves: Checkpoints) -> Outputs:
+    """The trainer's handlers, then what attaches to the run's events (in any order: see
+    events.py): checkpoints, summary.json and the trackers."""
+    fps = handlers.FpsMeter(ctx.rt.device)
+    handlers.attach_all(ctx, fps)
+    saves.attach(ctx.trainer, ctx.cfg.save_every_iters)
+    run_summary = summary.RunSummary.attach(ctx, lambda: fps.fps, lambda: saves.best_path)
+    return Outputs(saves, run_summary, start_trackers(ctx))
+
+
+def start_trackers(ctx: RunContext) -> trackers.Tracking:
+    if not ctx.rt.is_main:
+        return trackers.Tracking()
+    cfg = ctx.cfg
+    where = trackers.TrackerContext(
+        out=ctx.rt.out, environment=ctx.rt.environment, config_groups=cfg.groups(),
+        config_text=yaml.safe_dump(cfg.as_dict(), sort_keys=False),
+        clearml={"mode": cfg.clearml_mode, "project": cfg.clearml_project,
+                 "task": cfg.clearml_task, "tags": cfg.clearml_tags},
+        gpu_monitor=dev.gpu_monitor_works(ctx.rt.device))
+    return trackers.start(cfg.loggers, where, ctx.trainer, ctx.evaluator)
+
+
+def log_start(ctx: RunContext) -> None:
+    cfg = ctx.cfg
+    if not ctx.rt.is_main:
+        return
+    if ctx.trainer.state.epoch == 0:
+        params = count_parameters(ctx.parts.model)
+        log.info("training ResNet-%d (%.2fM parameters) on %s x %d, global batch %d, "
+                 "%d iterations/epoch, %s pipeline", cfg.depth, params / 1e6,
+                 ctx.rt.device, ctx.rt.processes, ctx.global_batch, ctx.epoch_length,
+                 ctx.data.kind)
+    if ctx.parts.mix is not None or cfg.label_smoothing:
+        log.info("training batches mixed: %s; label smoothing %g. The training loss is against "
+                 "these mixed, smoothed targets (no training accuracy is reported); top-1 and "
+                 "top-5 are measured on the unmixed test split",
+                 ctx.parts.mix.spec.describe() if ctx.parts.mix else "none",
+                 cfg.label_smoothing)
+
+
+def run_until_done(ctx: RunContext, outputs: Outputs) -> None:
+    """Train to the last epoch or a signal, then report (whatever happened) and leave."""
+    trainer, rt = ctx.trainer, ctx.rt
+    finished = False
+    try:
+        trainer.run(ctx.data.train, max_epochs=ctx.cfg.epochs)
+        outputs.summary.facts.update(distributed.replica_report(ctx.parts.model, rt.device))
+        finished = True
+    finally:
+        ctx.stop.uninstall()
+        # after a failure, the reports are best effort: a full disk was already said
+        with contextlib.suppress(*(() if finished else (OutOfSpace,))):
+            finish_reports(ctx, outputs)
+    if ctx.stop.stopped_by:
+        path = outputs.checkpoints.save_mid(trainer, "interrupted")
+        if rt.is_main:
+            log.info("stopped by %s at epoch %d iteration %d; saved %s. Resume with the same "
+                     "command plus --resume auto", ctx.stop.stopped_by,
+                     trainer.state.epoch, trainer.state.iteration, path)
+    if rt.processes > 1:
+        idist.barrier()  # leave together: rank 0 may still be writing reports
+
+
+def finish_reports(ctx: RunContext, outputs: Outputs) -> None:
+    outputs.summary.write(ctx.trainer)
+    if ctx.rt.is_main and ctx.record.history:
+        plots.plot_curves(ctx.record.history, ctx.rt.out / "curves.png")
+    outputs.tracking.close(ctx.rt.out, outputs.checkpoints.best_path)
+
+
+def train(local_rank: int, cfg: Config) -> None:
+    """Per-process entry (spawned children too); see distributed.rank_main for the statuses."""
+    try:
+        distributed.rank_main(PROG, _train_logging_divergence, cfg)
+    finally:
+        logs.close_logging()
+
+
+def _train_logging_divergence(cfg: Config) -> None:
+    try:
+        run_training(cfg)
+    except Diverged as exc:
+        if idist.get_rank() == 0:
+            log.error("error: %s; the checkpoints already written are intact (the last good one "
+                      "is in %s); lower --lr or enable a warm-up (--warmup-iters or "
+                      "--warmup-epochs), then --resume", exc, cfg.output_dir)
+        exc.logged = True
+        raise
