@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from harness import mmcls_config, mmcls_root, run_ours, run_tool, write_digits  # noqa: E402
 
-from ignite_rn50 import mixing, weights  # noqa: E402
-from ignite_rn50.model import build_model  # noqa: E402
+from ignite_rn50.data import mixing  # noqa: E402
+from ignite_rn50.model import weights
+from ignite_rn50.model.resnet import build_model  # noqa: E402
 
 OURS_COMMON = ["--device", "cpu", "--dataset", "cifar100", "--loggers", "--progress-bar", "off",
                "--num-workers", "0", "--print-freq", "1"]
@@ -299,32 +300,70 @@ RECIPES = {
              "--warmup-epochs", "1", "--warmup-factor", "0.001", "--mixup-alpha", "1",
              "--cutmix-alpha", "1", "--label-smoothing", "0.1"]),
 }
+# the mix recipe taken apart: each component alone on the mix recipe's schedule
+_MIX_SCHEDULE = RECIPES["mix"][0].split("\nmodel = ")[0]
+_MIX_FLAGS = ["--lr", "0.05", "--weight-decay", "5e-4", "--lr-policy", "cosine",
+              "--warmup-epochs", "1", "--warmup-factor", "0.001"]
 
 
-def train_mmcls(tmp: Path, data: Path, recipe: str, seed: int, epochs: int) -> dict:
+def _component(head: str, augments: str, flags: list[str]) -> tuple[str, list[str]]:
+    train_cfg = f", train_cfg=dict(augments=[{augments}])" if augments else ""
+    return (f"{_MIX_SCHEDULE}\nmodel = dict(backbone=dict(depth=18), head=dict(_delete_=True, "
+            f"{head}){train_cfg})", _MIX_FLAGS + flags)
+
+
+_SOFT_HEAD = ("type='MultiLabelLinearClsHead', num_classes=100, in_channels=512, "
+              "loss=dict(type='CrossEntropyLoss', loss_weight=1.0, use_soft=True)")  # mmcls's
+# own resnet50_cifar_mixup head
+RECIPES.update({
+    "mixup": _component(_SOFT_HEAD, "dict(type='BatchMixup', alpha=1.0, num_classes=100, "
+                        "prob=1.0)", ["--mixup-alpha", "1"]),
+    "cutmix": _component(_SOFT_HEAD, "dict(type='BatchCutMix', alpha=1.0, num_classes=100, "
+                         "prob=1.0)", ["--cutmix-alpha", "1"]),
+    "smooth": _component("type='LinearClsHead', num_classes=100, in_channels=512, "
+                         "loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, "
+                         "mode='original')", "", ["--label-smoothing", "0.1"]),
+})
+
+
+def train_mmcls(tmp: Path, data: Path, recipe: str, seed: int, epochs: int,
+                threads: int = 2) -> dict:
     work = tmp / f"train_mmcls_{recipe}_{seed}"
     cfg = mmcls_config(work.with_suffix(".py"), data, batch=32, epochs=epochs,
                        extra=RECIPES[recipe][0])
     proc = run_tool("train.py", [str(cfg), "--work-dir", str(work), "--device", "cpu",
-                                 "--seed", str(seed)], tmp)
+                                 "--seed", str(seed)], tmp, threads=threads)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = mmcls_log(work)
-    times = [r["time"] for r in rows if r["mode"] == "train"]
+    train = [r for r in rows if r["mode"] == "train"]
+    losses = [statistics.mean(r["loss"] for r in train if r["epoch"] == e)
+              for e in range(1, epochs + 1)]
     return {"best": max(r["accuracy_top-1"] for r in rows if r["mode"] == "val"),
-            "ips": 32 / statistics.median(times)}
+            "top1": [r["accuracy_top-1"] for r in rows if r["mode"] == "val"],
+            "loss": losses, "iters": len(train),
+            "ips": 32 / statistics.median(r["time"] for r in train)}
 
 
 def train_ours(tmp: Path, data: Path, recipe: str, seed: int, epochs: int,
                extra: list[str]) -> dict:
-    out = tmp / f"train_ours_{recipe}_{seed}_{len(extra)}"
+    threads = 1 if OURS_THREADS_ONE else 2
+    out = tmp / f"train_ours_{recipe}_{seed}_{'_'.join(e.strip('-') for e in extra)}"
     proc = run_ours("ignite_rn50.run", [*OURS_COMMON, "--data", str(data), "--depth", "18",
                                         "--batch-size", "32", "--epochs", str(epochs),
-                                        "--seed", str(seed), "--print-freq", "50",
-                                        "--output-dir", str(out), *RECIPES[recipe][1],
-                                        *extra])
+                                        "--seed", str(seed), "--output-dir", str(out),
+                                        *RECIPES[recipe][1], *extra], threads=threads)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    return {"best": 100 * summary["best_top1"], "ips": summary["fps"]}
+    with open(out / "train_loss.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    losses = [statistics.mean(float(r["loss"]) for r in rows if int(r["epoch"]) == e)
+              for e in range(1, epochs + 1)]
+    return {"best": 100 * summary["best_top1"],
+            "top1": [100 * h["val_top1"] for h in summary["history"]],
+            "loss": losses, "iters": len(rows), "ips": summary["fps"]}
+
+
+OURS_THREADS_ONE = False  # check 6 with --jobs > 1: one thread per run, as mmcls's
 
 
 def _welch(a: list[float], b: list[float]) -> float:
@@ -332,29 +371,59 @@ def _welch(a: list[float], b: list[float]) -> float:
     return (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb) if va + vb else 0.0
 
 
-def check_training(tmp: Path, seeds: int, epochs: int, recipes: list[str],
-                   ours_extra: list[list[str]]) -> None:
-    data = write_digits(tmp / "digits", 1297, 500)
-    for recipe in recipes:
-        runs: dict[str, list[dict]] = {"mmcls": []}
-        for seed in range(seeds):
-            runs["mmcls"].append(train_mmcls(tmp, data, recipe, seed, epochs))
+def summarise(recipe: str, runs: dict[str, list[dict]], label: str) -> str:
+    best = {k: [r["best"] for r in v] for k, v in runs.items() if v}
+    parts = [f"{k} {statistics.mean(v):.2f} +- {statistics.stdev(v):.2f} "
+             f"({' / '.join(f'{x:.1f}' for x in v)})" for k, v in best.items()]
+    welch = [f"{k} - mmcls: Welch t {_welch(v, best['mmcls']):.2f}"
+             for k, v in best.items() if k != "mmcls"]
+    ratio = statistics.median(r["ips"] for r in runs["ours"]) / statistics.median(
+        r["ips"] for r in runs["mmcls"])
+    return (f"check6 {recipe} recipe, {label}, best top-1: {'; '.join(parts)}; "
+            f"{'; '.join(welch)}; training img/s ours/mmcls = {ratio:.3f}")
+
+
+def check_training(tmp: Path, args: argparse.Namespace, ours_extra: list[list[str]]) -> None:
+    """Every (recipe, seed, stack) run is one job; ``--jobs`` of them run at once (one thread
+    each when more than one: 2 single-threaded runs get more done on 2 cores than one run on
+    two threads). Each finished run is one JSON line in ``--results`` as it ends."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = write_digits(tmp / f"digits_split{args.split_seed}", 1297, 500, args.split_seed)
+    global OURS_THREADS_ONE
+    threads = 1 if args.jobs > 1 else 2
+    OURS_THREADS_ONE = threads == 1
+    label = (f"digits 1297/500 split {args.split_seed}, ResNet-18 bs32 {args.epochs} epochs, "
+             f"seeds {args.first_seed}-{args.first_seed + args.seeds - 1}")
+    jobs = []
+    for recipe in args.recipes:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            if not args.ours_only:
+                jobs.append((recipe, seed, "mmcls", None))
             for extra in ours_extra:
-                name = "ours" + (" " + " ".join(extra) if extra else "")
-                runs.setdefault(name, []).append(train_ours(tmp, data, recipe, seed, epochs,
-                                                            extra))
-            print(f"  {recipe} seed {seed}: " + ", ".join(
-                f"{k} {v[-1]['best']:.1f}" for k, v in runs.items()), flush=True)
-        best = {k: [r["best"] for r in v] for k, v in runs.items()}
-        parts = [f"{k} {statistics.mean(v):.2f} +- {statistics.stdev(v):.2f} "
-                 f"({' / '.join(f'{x:.1f}' for x in v)})" for k, v in best.items()]
-        welch = [f"{k} - mmcls: Welch t {_welch(v, best['mmcls']):.2f}"
-                 for k, v in best.items() if k != "mmcls"]
-        ratio = statistics.median(r["ips"] for r in runs["ours"]) / statistics.median(
-            r["ips"] for r in runs["mmcls"])
-        print(f"check6 {recipe} recipe, digits 1297/500, ResNet-18 bs32 {epochs} epochs, "
-              f"{seeds} seeds, best top-1: {'; '.join(parts)}; {'; '.join(welch)}; "
-              f"training img/s ours/mmcls = {ratio:.3f}", flush=True)
+                jobs.append((recipe, seed, "ours" + (" " + " ".join(extra) if extra else ""),
+                             extra))
+
+    def run(job: tuple) -> tuple:
+        recipe, seed, stack, extra = job
+        result = (train_mmcls(tmp, data, recipe, seed, args.epochs, threads) if extra is None
+                  else train_ours(tmp, data, recipe, seed, args.epochs, extra))
+        line = dict(recipe=recipe, seed=seed, stack=stack, split=args.split_seed, **result)
+        print(f"  {recipe} seed {seed} {stack}: best {result['best']:.1f}", flush=True)
+        if args.results:
+            with open(args.results, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        return job, result
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(run, jobs))
+    for recipe in args.recipes:
+        runs: dict[str, list[dict]] = {}
+        for (r, _seed, stack, _extra), result in done:
+            if r == recipe:
+                runs.setdefault(stack, []).append(result)
+        if "mmcls" in runs and "ours" in runs:
+            print(summarise(recipe, runs, label), flush=True)
 
 
 def main() -> None:
@@ -372,6 +441,12 @@ def main() -> None:
     p.add_argument("--ours-extra", action="append", default=None,
                    help="another variant of our runs in check 6, e.g. '--no-drop-last'")
     p.add_argument("--work", help="keep the runs here (default: a temporary folder)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="which split of the digits check 6 trains on (0: the driver's)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="check 6 runs at once")
+    p.add_argument("--ours-only", action="store_true", help="check 6 without mmcls's runs")
+    p.add_argument("--results", help="append each check-6 run as a JSON line here")
     args = p.parse_args()
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
@@ -388,7 +463,7 @@ def main() -> None:
             check_checkpoints(tmp, works)
         if 6 in args.checks:
             extra = [[]] + [e.split() for e in args.ours_extra or []]
-            check_training(tmp, args.seeds, args.epochs, args.recipes, extra)
+            check_training(tmp, args, extra)
 
 
 if __name__ == "__main__":
