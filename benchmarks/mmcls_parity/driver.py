@@ -244,6 +244,63 @@ def check_mixing(batches: int = 20000) -> None:
           f"{np.mean(ours == 0):.3f}")
 
 
+def _z(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sample z of the means (independent draws): |z| > 4 would be a real difference."""
+    return float((a.mean() - b.mean()) / math.sqrt(a.var() / len(a) + b.var() / len(b)))
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov distance and its 0.1 % critical value."""
+    grid = np.union1d(a, b)
+    cdf = [np.searchsorted(np.sort(x), grid, side="right") / len(x) for x in (a, b)]
+    return float(np.abs(cdf[0] - cdf[1]).max()), 1.95 * math.sqrt((len(a) + len(b)) /
+                                                                   (len(a) * len(b)))
+
+
+def check_draws(batches: int = 100_000, epochs: int = 200) -> None:
+    """What check 4's same-draws comparison leaves out: the draws themselves, over many
+    batches. lam per augment against Beta(1, 1) (mixup) and against mmcls's own draws
+    (cutmix's lam after the box correction); the box's size and centre; and the epochs'
+    permutations (no two batches of an epoch share one; one fixed point per permutation on
+    average, as a uniform permutation has)."""
+    from mmcls.models.utils.augment.cutmix import BatchCutMixLayer
+
+    spec = mixing.MixSpec.resolve(1.0, None, 1.0, None)
+    ours = mixing.draw_epoch(spec, 1, batches, 2, (32, 32))
+    mix_lam = ours.lams[ours.kinds == mixing.MIXUP]
+    cut = ours.kinds == mixing.CUTMIX
+    np.random.seed(1)
+    layer = BatchCutMixLayer(alpha=1.0, num_classes=100, prob=0.5)
+    theirs = [layer.cutmix_bbox_and_lam((2, 3, 32, 32), np.random.beta(1.0, 1.0))
+              for _ in range(int(cut.sum()))]
+    their_lam = np.array([lam for _, lam in theirs])
+    their_box = np.array([box for box, _ in theirs], dtype=float)  # y1, y2, x1, x2
+    our_box = ours.boxes[cut].astype(float)
+    beta = np.random.default_rng(2).beta(1, 1, len(mix_lam))  # a reference sample
+    z_beta = (mix_lam.mean() - 0.5) / math.sqrt(1 / 12 / len(mix_lam))
+    figures = [f"mixup lam mean {mix_lam.mean():.4f} var {mix_lam.var():.4f} (Beta(1,1): "
+               f"0.5000, {1 / 12:.4f}; z {z_beta:.2f}, KS {_ks(mix_lam, beta)[0]:.4f})"]
+    d, crit = _ks(ours.lams[cut], their_lam)
+    figures.append(f"cutmix lam ours {ours.lams[cut].mean():.4f}/{ours.lams[cut].var():.4f} "
+                   f"mmcls {their_lam.mean():.4f}/{their_lam.var():.4f} (z "
+                   f"{_z(ours.lams[cut], their_lam):.2f}, KS {d:.4f} < {crit:.4f})")
+    for name, f in (("height", lambda b: b[:, 1] - b[:, 0]),
+                    ("width", lambda b: b[:, 3] - b[:, 2]),
+                    ("centre row", lambda b: (b[:, 0] + b[:, 1]) / 2),
+                    ("centre column", lambda b: (b[:, 2] + b[:, 3]) / 2)):
+        a, b = f(our_box), f(their_box)
+        figures.append(f"box {name} ours {a.mean():.3f} mmcls {b.mean():.3f} (z {_z(a, b):.2f})")
+    shared = fixed = 0
+    for epoch in range(epochs):
+        perms = mixing.draw_epoch(spec, epoch, 40, 32, (32, 32)).perms
+        shared += 40 - len({tuple(p.tolist()) for p in perms})
+        fixed += int((perms == torch.arange(32)).sum())
+    figures.append(f"{epochs} epochs of 40 batches of 32: {shared} batches share a permutation "
+                   f"within an epoch; fixed points per permutation {fixed / (40 * epochs):.3f} "
+                   f"(uniform: 1)")
+    print(f"check4 draws over {batches} batches: {'; '.join(figures)}", flush=True)
+
+
 # --- 5: checkpoints both ways ---------------------------------------------------------------------
 
 def mmcls_test(cfg: Path, ckpt: Path, cwd: Path) -> tuple[float, float]:
@@ -459,6 +516,7 @@ def main() -> None:
         works = check_lr(tmp) if 3 in args.checks or 5 in args.checks else {}
         if 4 in args.checks:
             check_mixing()
+            check_draws()
         if 5 in args.checks:
             check_checkpoints(tmp, works)
         if 6 in args.checks:
