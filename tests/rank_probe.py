@@ -1,6 +1,7 @@
 """A spawned-rank entry for tests: the trainer's own per-process function, followed by a
 record, at interpreter exit, of the threads the rank still has. Process-group threads that
-live on into interpreter shutdown are what aborted ranks at random (tests/test_distributed).
+live on into interpreter shutdown are what aborted ranks at random
+(tests/system/test_distributed.py).
 
     python -m tests.rank_probe PROBE_DIR [trainer flags]
 """

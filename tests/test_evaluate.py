@@ -1,6 +1,6 @@
 """A user of the ModelZoo package brings their checkpoints: ``python -m ignite_rn50.evaluate``
-and ``--init-from`` read ours and mmcls 0.x files (prefixes, fp16 weights), and refuse a file
-of another depth or class count with one line naming the first mismatching key."""
+(``evaluate.py``) reads ours and mmcls 0.x files (prefixes, fp16 weights), and refuses a
+file of another depth or class count with one line naming the first mismatching key."""
 
 from __future__ import annotations
 
@@ -8,42 +8,11 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from ignite_rn50.model.weights import to_mmcls
-
-from .conftest import (
-    TINY,
-    assert_one_line_error,
-    free_port,
-    model_state,
-    read_summary,
-    run_cli,
-    run_main,
-)
+from tests.helpers import TINY, assert_one_line_error, free_port, read_summary, run_cli, run_main
 
 RESULT = re.compile(r"^top1=([\d.]+) top5=([\d.]+) loss=([\d.]+) images=(\d+)$")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny epoch; its checkpoint, in our layout and re-laid as mmcls would save it."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    proc = run_main([*TINY, "--epochs", "1", "--output-dir", str(out)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    state = model_state(out / "checkpoint_1.pt")
-    meta = {"epoch": 1, "iter": 8, "mmcls_version": "0.23.2", "mmcv_version": "1.7.0",
-            "config": "model = dict(type='ImageClassifier')", "CLASSES": ("a", "b"),
-            "time": "Sun Nov 29 12:00:00 2026"}
-    mmcls = to_mmcls(state)
-    # apex O2 keeps BN in fp32 and casts convolutions and the classifier to fp16
-    fp16 = {k: v.half() if v.is_floating_point() and "bn" not in k and "downsample.1" not in k
-            else v for k, v in mmcls.items()}
-    torch.save({"meta": meta, "state_dict": mmcls, "optimizer": {}}, out / "mmcls_fp32.pth")
-    torch.save({"meta": meta, "state_dict": {"module." + k: v for k, v in fp16.items()}},
-               out / "mmcls_fp16_ddp.pth")
-    return out
 
 
 def _evaluate(checkpoint: Path, *flags: str, env: dict[str, str] | None = None,
@@ -106,32 +75,6 @@ def test_file_of_another_model_is_refused(trained: Path, flags: list[str], needl
         proc = run_main(["--checkpoint", str(trained / name), *TINY, *flags],
                         module="ignite_rn50.evaluate")
         assert_one_line_error(proc, f"--checkpoint {trained / name}", needle)
-
-
-def test_init_from_starts_a_new_run_from_the_weights(trained: Path, tmp_path: Path) -> None:
-    """Model weights only: the trainer's epoch count, optimizer and schedule start fresh."""
-    start = model_state(trained / "checkpoint_1.pt")
-    out = tmp_path / "init"
-    proc = run_cli([*TINY, "--epochs", "1", "--lr", "1e-12", "--init-from",
-                    str(trained / "mmcls_fp32.pth"), "--output-dir", str(out)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "initialised from" in proc.stdout and "mmcls layout" in proc.stdout
-    saved = torch.load(out / "checkpoint_1.pt", map_location="cpu", weights_only=True)
-    assert saved["trainer"]["iteration"] == 8  # this run's own first epoch, not the file's
-    for key in ("conv1.weight", "layer4.1.conv2.weight", "fc.weight"):
-        assert torch.allclose(saved["model"][key], start[key], atol=1e-6), key
-    # a run from scratch with the same seed has other weights: the file's were used
-    scratch = tmp_path / "scratch"
-    assert run_cli([*TINY, "--epochs", "1", "--lr", "1e-12", "--output-dir",
-                    str(scratch)]).returncode == 0
-    assert not torch.allclose(model_state(scratch / "checkpoint_1.pt")["conv1.weight"],
-                              start["conv1.weight"], atol=1e-3)
-
-
-def test_init_from_a_file_of_another_model_is_refused(trained: Path, tmp_path: Path) -> None:
-    proc = run_main([*TINY, "--depth", "34", "--init-from", str(trained / "mmcls_fp32.pth"),
-                    "--output-dir", str(tmp_path / "o")])
-    assert_one_line_error(proc, "--init-from", "mmcls layout", "lacks 'layer1.2.conv1.weight'")
 
 
 def test_evaluate_and_init_from_on_standin_npu(trained: Path, tmp_path: Path,

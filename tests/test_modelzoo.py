@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ignite_rn50 import modelzoo
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_resolve_reads_the_config_and_flags_the_trainer_would() -> None:

@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import REPO, TINY, base_env
+from tests.helpers import REPO, TINY, base_env
 
 TEST_DIR = REPO / "test"
 NETWORK = "Resnet50_cifar_for_PyTorch"
@@ -139,7 +139,7 @@ def check_case_log(folder: Path, summary: dict, mode: str, stdout: str) -> dict[
 
 
 # the package's four _bs256 scripts -> (mode, cards, the mix recipe they run); two of them run
-# in tests/test_mixing.py
+# below (test_performance_1p_bs256_script_..., test_full_8p_bs256_script_...)
 BS256_SCRIPTS = {
     "train_full_1p_bs256.sh": ("full", 1, "resnet50_cifar100_bs256_mix.yaml"),
     "train_performance_1p_bs256.sh": ("performance", 1, "resnet50_cifar100_bs256_mix.yaml"),
@@ -247,6 +247,61 @@ def test_bs32_performance_script_runs_the_cosine_recipe(tmp_path: Path) -> None:
     values = check_case_log(tmp_path / "0", summary, "performance", proc.stdout)
     assert values["CaseName"] == f"{NETWORK}_bs32_1p_acc"
     assert values["TrainAccuracy"] == f"{100 * max(r['val_top1'] for r in summary['history']):.2f}"
+
+
+# the scripts' smoke flags, with the script's own epochs and two 256-image steps an epoch
+BS256 = _without(SMOKE, "--max-iters", "--epochs") + ["--max-iters", "2",
+                                                      "--synthetic-train-size", "512"]
+
+
+def _lrs(run_dir: Path) -> list[tuple[int, int, float]]:
+    with open(run_dir / "train_loss.csv") as fh:
+        return [(int(r["iteration"]), int(r["epoch"]), float(r["lr"])) for r in csv.DictReader(fh)]
+
+
+def test_performance_1p_bs256_script_runs_the_mix_recipe_all_warm_up(tmp_path: Path) -> None:
+    """The package's _perf config: cosine over the 2 epochs run, warm-up over 20 epochs'
+    iterations (here 20 x 2): every logged lr is regular(epoch) x the warm-up factor."""
+    proc = run_script("train_performance_1p_bs256.sh", BS256, script_env(tmp_path),
+                      timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "0" / "train_performance_1p_bs256"
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert {k: config[k] for k in ("batch_size", "lr", "lr_policy", "warmup_epochs",
+                                   "warmup_factor", "mixup_alpha", "mixup_prob",
+                                   "cutmix_alpha", "cutmix_prob", "label_smoothing",
+                                   "epochs")} == {
+        "batch_size": 256, "lr": 1.6, "lr_policy": "cosine", "warmup_epochs": 20.0,
+        "warmup_factor": 0.001, "mixup_alpha": 1.0, "mixup_prob": 0.5, "cutmix_alpha": 1.0,
+        "cutmix_prob": 0.5, "label_smoothing": 0.1, "epochs": 2}
+    lrs = _lrs(run_dir)
+    assert [i for i, _, _ in lrs] == [1, 2, 3, 4]
+    for iteration, epoch, lr in lrs:
+        regular = 0.8 * (1 + math.cos(math.pi * (epoch - 1) / 2))
+        g = iteration - 1
+        assert lr == pytest.approx(regular * (1 - (1 - g / 40) * (1 - 1e-3)), rel=1e-6)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    values = check_case_log(tmp_path / "0", summary, "performance", proc.stdout)
+    assert values["CaseName"] == "Resnet50_cifar_for_PyTorch_bs256_1p_acc"
+    assert "training batches mixed" in (run_dir / "train.log").read_text()
+
+
+def test_full_8p_bs256_script_warms_up_then_anneals(tmp_path: Path) -> None:
+    """Over 2 processes (global batch still 2048), a 1-epoch warm-up instead of 20: the
+    first epoch's lrs rise from 1e-3 x lr, the second's follow the cosine by epoch."""
+    args = [*BS256, "--nproc", "2", "--synthetic-train-size", "4096", "--epochs", "2",
+            "--warmup-epochs", "1", "--synthetic-test-size", "16"]
+    proc = run_script("train_full_8p_bs256.sh", args, script_env(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_dir = tmp_path / "0" / "train_full_8p_bs256"
+    lrs = _lrs(run_dir)
+    assert lrs[0][2] == pytest.approx(1.6e-3) and lrs[1][2] > lrs[0][2]
+    for _, epoch, lr in lrs[2:]:
+        assert lr == pytest.approx(0.8 * (1 + math.cos(math.pi * (epoch - 1) / 2)), rel=1e-9)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["global_batch_size"], summary["world_size"]) == (2048, 2)
+    values = check_case_log(tmp_path / "0", summary, "full", proc.stdout)
+    assert values["CaseName"] == "Resnet50_cifar_for_PyTorch_bs2048_2p_acc"
 
 
 def test_script_precision_on_standin_npu_without_apex(tmp_path: Path,

@@ -1,6 +1,6 @@
 """The code's shape is kept, not hoped for: short functions and modules, no import cycle, the
 wiring as a table of contents, device names only in the device seam, ignite's private names
-still where we use them, and the start-of-run lines a bug report needs."""
+still where we use them."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import inspect
 import re
 from pathlib import Path
 
-from .conftest import REPO, TINY, run_cli
+from tests.helpers import REPO
 
 PACKAGE = REPO / "ignite_rn50"
 MODULES = sorted(PACKAGE.rglob("*.py"))  # every room's modules, not only the top level
@@ -147,7 +147,7 @@ LIGHT = {"config.__init__", "config.declaration", "config.parsing", "data.__init
 def test_what_help_needs_loads_without_torch() -> None:
     """The config room, the registries it lists (datasets, LR policies, trackers) and the
     entry points import nothing heavy at their top level, nor any module of ours that does,
-    so --help answers before torch loads (tests/test_config checks it runs)."""
+    so --help answers before torch loads (tests/test_cli.py checks it runs)."""
     heavy = {"torch", "ignite", "numpy", "clearml", "torchvision"}
     for name in sorted(LIGHT):
         roots, ours = _top_level_imports(PACKAGE / (name.replace(".", "/") + ".py"))
@@ -244,15 +244,3 @@ def test_ruff_enforces_six_parameters_at_most() -> None:
     text = (REPO / "pyproject.toml").read_text()
     assert re.search(r'select = \[[^\]]*"PLR0913"', text) and "max-args = 6" in text
 
-
-def test_train_log_opens_with_the_environment(tmp_path: Path) -> None:
-    out = tmp_path / "env"
-    proc = run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    first = [line.split(" ", 1)[1] for line in (out / "train.log").read_text().splitlines()[:4]]
-    assert first[0].startswith("command: python") and "-m ignite_rn50.run" in first[0]
-    assert "--output-dir " + str(out) in first[0]
-    for name in ("python ", "torch ", "torchvision ", "pytorch-ignite ", "clearml "):
-        assert name in first[1], first[1]
-    assert re.match(r"device: cpu \(.+, \d+ cores\) x 1, backend none \(1 process\)", first[2])
-    assert first[3] == "precision: fp32 (no mixed precision)"
