@@ -12,6 +12,8 @@ heavy: ``--help`` and a mistyped flag answer before torch is loaded.
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from typing import Any, Callable
 
 from ignite_rn50.data.registry import DATASETS, dataset_spec
@@ -211,8 +213,26 @@ def _need(ok: bool, msg: str) -> None:
         raise UserError(msg)
 
 
+SEED_MAX = 2**31 - 1  # numpy takes seed + rank below 2**32: room for any number of ranks
+DIST_TIMEOUT_MAX = 30 * 24 * 3600  # seconds; timedelta and c10d overflow far above
+
+
+def _is_float_option(name: str) -> bool:
+    tp = typing.get_type_hints(Config)[name]
+    return tp is float or float in typing.get_args(tp)
+
+
+FLOAT_OPTIONS = tuple(name for name in FIELDS if _is_float_option(name))
+
+
 def validate(cfg: Config) -> None:
-    """Value checks that a type cannot express; each message names the option and the fix."""
+    """Value checks that a type cannot express; each message names the option and the fix.
+    One rule first: every number option is finite (a NaN or inf fails no ``>`` check
+    reliably: inf passes ``> 0``, NaN fails every comparison with the wrong message)."""
+    for name in FLOAT_OPTIONS:
+        value = getattr(cfg, name)
+        _need(value is None or math.isfinite(value),
+              f"{flag(name)} must be a finite number, got {value}")
     for name, field in FIELDS.items():
         choices = field.metadata["choices"]
         value = getattr(cfg, name)
@@ -244,6 +264,7 @@ def _validate_optimisation(cfg: Config, need: Need) -> None:
          f"{cfg.warmup_factor}")
     need(cfg.max_iters is None or cfg.max_iters > 0,
          f"--max-iters must be positive, got {cfg.max_iters}")
+    need(0 <= cfg.seed <= SEED_MAX, f"--seed must be in 0..{SEED_MAX}, got {cfg.seed}")
     need(cfg.loss_scale is None or cfg.loss_scale > 0,
          f"--loss-scale must be positive or 'dynamic', got {cfg.loss_scale}")
     _validate_mixing(cfg, need)
@@ -270,7 +291,8 @@ def _validate_job(cfg: Config, need: Need) -> None:
          f"--node-rank must be in 0..{cfg.nodes - 1} for --world-size {cfg.nodes}, "
          f"got {cfg.node_rank}")
     need(0 < cfg.port < 65536, f"--port must be in 1..65535, got {cfg.port}")
-    need(cfg.dist_timeout > 0, f"--dist-timeout must be positive, got {cfg.dist_timeout}")
+    need(0 < cfg.dist_timeout <= DIST_TIMEOUT_MAX, f"--dist-timeout must be in "
+         f"1..{DIST_TIMEOUT_MAX} seconds (30 days), got {cfg.dist_timeout}")
     need(cfg.gpu_id is None or cfg.gpu_id >= 0, f"--gpu-id must be >= 0, got {cfg.gpu_id}")
     need(cfg.print_freq > 0, f"--print-freq must be positive, got {cfg.print_freq}")
     need(cfg.keep_checkpoints > 0, f"--keep-checkpoints must be positive, got "

@@ -72,6 +72,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                         "--config (see configs/)")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:  # unreadable (permissions, an I/O error)
+        raise UserError(f"config file {path} cannot be read ({exc.strerror}); fix its "
+                        "permissions or pass another file") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"config file {path} is not valid YAML ({first}); fix the file") from None
