@@ -23,7 +23,7 @@ from ignite_rn50.data.registry import (
     Synthetic,
     file_datasets,
 )
-from ignite_rn50.errors import UserError
+from ignite_rn50.errors import UserError, path_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ def _other_dataset_in(spec: PickledCifar, path: Path) -> str:
 def locate(spec: PickledCifar, path: str | Path) -> Path:
     """Accept the dataset's own folder (cifar-100-python, ...) or the folder that holds it."""
     path = Path(path).expanduser()
+    problem = path_problem(path)
+    if problem:
+        raise UserError(f"--data {path} {problem}; pass the folder that holds {spec.folder}/")
     if not path.exists():
         raise UserError(f"--data {path} does not exist; pass the folder that holds "
                         f"{spec.folder}/ (or add --download to fetch it there)")
@@ -80,6 +83,7 @@ def locate(spec: PickledCifar, path: str | Path) -> Path:
     for candidate in (path, path / spec.folder):
         if _has_files(spec, candidate):
             return candidate
+    _refuse_incomplete(spec, path)
     try:
         listing = sorted(p.name for p in path.iterdir())[:8]
     except PermissionError:
@@ -93,13 +97,33 @@ def locate(spec: PickledCifar, path: str | Path) -> Path:
                     f"{spec.folder}/, or add --download")
 
 
+def _refuse_incomplete(spec: PickledCifar, path: Path) -> None:
+    """The dataset's folder that is a broken link, or that holds some of its files but not
+    all: one line naming what is wrong or missing."""
+    own = path / spec.folder
+    problem = path_problem(own)
+    if problem:
+        raise UserError(f"--data {path}: {spec.folder} {problem}; fix the link or pass the "
+                        f"folder that holds the real {spec.folder}/")
+    names = (*spec.train_files, *spec.test_files)
+    for candidate in (own, path):
+        present = [name for name in names if (candidate / name).is_file()]
+        if not present:
+            continue
+        missing = [name + (f" ({why})" if (why := path_problem(candidate / name)) else "")
+                   for name in names if name not in present]
+        raise UserError(f"--data {path}: {candidate} holds {spec.title} without "
+                        f"{', '.join(missing)}; restore the missing files, or re-download "
+                        f"(--download into an empty folder)")
+
+
 def _read_pickle(spec: PickledCifar, file: Path) -> dict:
     try:
         with open(file, "rb") as fh:
             obj = pickle.load(fh, encoding="latin1")
-    except PermissionError:
-        raise UserError(f"{file} is not readable (permission denied); fix its permissions") \
-            from None
+    except OSError as exc:
+        raise UserError(f"{file} is not readable ({exc.strerror}); fix its permissions or "
+                        "replace the file") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             ImportError, IndexError, MemoryError, UnicodeDecodeError) as exc:
         raise UserError(f"{file} is truncated or not a {spec.title} pickle "
@@ -122,12 +146,35 @@ def _check_keys(spec: PickledCifar, file: Path, obj: dict) -> None:
                         f"pass the {spec.folder} folder")
 
 
+def _array(file: Path, obj: dict, key: str) -> np.ndarray:
+    try:
+        return np.asarray(obj[key])
+    except (ValueError, TypeError) as exc:  # ragged lists: not one array
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise UserError(f"{file}: '{key}' is not an array ({first}); replace the file") \
+            from None
+
+
+def _label_problem(raw: object, labels: np.ndarray, classes: int) -> str | None:
+    """The first label that is not an integer in 0..classes-1, with its index; None if all
+    are. ``raw``: the labels as the file holds them (numpy would turn a list with a None, a
+    string or a float in it into one dtype for all, and a True into 1)."""
+    if isinstance(raw, np.ndarray) and labels.dtype.kind in "iu":
+        bad = np.flatnonzero((labels < 0) | (labels >= classes)).tolist()
+        return f"found {labels[bad[0]]} at index {bad[0]}" if bad else None
+    values = raw.tolist() if isinstance(raw, np.ndarray) else list(raw)  # type: ignore
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < classes:
+            return f"found {v!r} at index {i}"
+    return None
+
+
 def load_split(spec: PickledCifar, file: Path) -> ImageSet:
     """Validate structure (keys, shapes, label range); the MD5 is only checked on download."""
     obj = _read_pickle(spec, file)
     _check_keys(spec, file, obj)
-    data = np.asarray(obj["data"])
-    labels = np.asarray(obj[spec.label_key])
+    data = _array(file, obj, "data")
+    labels = _array(file, obj, spec.label_key)
     side = spec.image_size
     if data.ndim != 2 or data.shape[1] != 3 * side * side or data.shape[0] == 0:
         raise UserError(f"{file}: 'data' has shape {tuple(data.shape)}, expected (N, "
@@ -137,10 +184,10 @@ def load_split(spec: PickledCifar, file: Path) -> ImageSet:
     if labels.shape != (data.shape[0],):
         raise UserError(f"{file}: {labels.size} labels for {data.shape[0]} images; replace the "
                         "file")
-    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
-            or labels.max() >= spec.num_classes:
-        raise UserError(f"{file}: labels must be integers in 0..{spec.num_classes - 1}, found "
-                        f"{labels.min()}..{labels.max()}; replace the file")
+    problem = _label_problem(obj[spec.label_key], labels, spec.num_classes)
+    if problem:
+        raise UserError(f"{file}: labels must be integers in 0..{spec.num_classes - 1}, "
+                        f"{problem}; replace the file")
     images = torch.from_numpy(data.reshape(-1, 3, side, side).copy())
     return ImageSet(images, torch.from_numpy(labels.astype(np.int64)), spec.num_classes,
                     spec.mean, spec.std)
