@@ -188,14 +188,18 @@ class Checkpoints:
 
 def find_latest_checkpoint(dirname: Path) -> Path | None:
     """Newest complete checkpoint by training progress. Atomic saves mean a file with a final
-    name is complete; temporary files of a killed save are ignored."""
+    name is complete; temporary files of a killed save, and names that do not stat or load
+    (a dangling symlink), are skipped."""
     best: tuple[int, Path] | None = None
     names = sorted(p.name for p in dirname.glob("*.pt")) if dirname.is_dir() else []
     # on a tie (the best file is also the last epoch's) the epoch checkpoint is named
     candidates = [n for pattern in (EPOCH_RE, MID_RE, BEST_RE) for n in names
                   if pattern.match(n)]
     for path in (dirname / n for n in candidates):
-        if path.stat().st_size == 0:
+        try:
+            if path.stat().st_size == 0:
+                continue
+        except OSError:  # a dangling symlink, a loop, a file gone since the listing: skipped
             continue
         iteration = read_trainer_iteration(path)
         if iteration is not None and (best is None or iteration > best[0]):
