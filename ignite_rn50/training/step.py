@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine
-from ignite.metrics import Accuracy, Loss, TopKCategoricalAccuracy
+from ignite.metrics import Accuracy, Loss, Metric, TopKCategoricalAccuracy
 from torch import nn
 
 from ignite_rn50.data.mixing import BatchMix
@@ -152,13 +152,35 @@ class EvalStep:
         return logits.float(), targets
 
 
+class Evaluator(Engine):
+    """ignite's Engine over the test batches, with its metrics. A rank whose shard holds no
+    image (fewer test images than processes) runs no step (ignite refuses empty data) but
+    still computes every metric, in the order of the others' ``EPOCH_COMPLETED``: it takes
+    part in their all-reduces with zero counts, and every rank gets the job's figures."""
+
+    def __init__(self, step: EvalStep, metrics: dict[str, Metric]) -> None:
+        super().__init__(step)
+        self.logger.disabled = True
+        self.metrics = metrics
+        for name, metric in metrics.items():
+            metric.attach(self, name)
+
+    def run(self, data: Any = None, max_epochs: int | None = None,
+            epoch_length: int | None = None) -> Any:
+        if data is not None and hasattr(data, "__len__") and len(data) == 0:
+            self.state.metrics = {}
+            for name, metric in self.metrics.items():
+                metric.reset()
+                metric.completed(self, name)
+            return self.state
+        return super().run(data, max_epochs, epoch_length)
+
+
 def create_evaluator(model: nn.Module, criterion: nn.Module, device: torch.device,
                      precision: prec.Precision,
                      memory_format: torch.memory_format = torch.contiguous_format) -> Engine:
     """top-1, top-5 and loss, accumulated on the device and all-reduced once at the end."""
-    evaluator = Engine(EvalStep(model, device, precision, memory_format))
-    evaluator.logger.disabled = True
-    Accuracy(device=device).attach(evaluator, "top1")
-    TopKCategoricalAccuracy(k=5, device=device).attach(evaluator, "top5")
-    Loss(criterion, device=device).attach(evaluator, "loss")
-    return evaluator
+    return Evaluator(EvalStep(model, device, precision, memory_format),
+                     {"top1": Accuracy(device=device),
+                      "top5": TopKCategoricalAccuracy(k=5, device=device),
+                      "loss": Loss(criterion, device=device)})
