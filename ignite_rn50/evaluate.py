@@ -20,7 +20,6 @@ from pathlib import Path
 from ignite_rn50 import cli
 from ignite_rn50.config.declaration import Config
 from ignite_rn50.config.parsing import TRAINING_ONLY, build_parser, config_from_args
-from ignite_rn50.errors import UserError
 
 PROG = "ignite_rn50.evaluate"
 
@@ -41,12 +40,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None) -> EvalJob:
     args = vars(build_eval_parser().parse_args(argv))
-    checkpoint = Path(args.pop("checkpoint")).expanduser()
-    job = EvalJob(config_from_args(args, fixed=TRAINING_ONLY), checkpoint)
-    if not job.checkpoint.is_file():
-        raise UserError(f"--checkpoint {job.checkpoint}: no such file; pass an existing "
-                        "checkpoint")
-    return job
+    checkpoint = args.pop("checkpoint")
+    return EvalJob(config_from_args(args, fixed=TRAINING_ONLY),
+                   cli.existing_file("--checkpoint", checkpoint))
 
 
 def evaluate(local_rank: int, job: EvalJob) -> None:

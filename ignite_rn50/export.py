@@ -27,7 +27,7 @@ from typing import Any
 from ignite_rn50 import cli
 from ignite_rn50.config.declaration import Config
 from ignite_rn50.config.parsing import TRAINING_ONLY, build_parser, config_from_args
-from ignite_rn50.errors import Stop, UserError
+from ignite_rn50.errors import Stop, UserError, path_problem
 
 PROG = "ignite_rn50.export"
 NAMES = {"mmcls": ("input", "probs"), "modelzoo": ("actual_input_1", "output1")}
@@ -90,9 +90,7 @@ def parse(argv: list[str] | None) -> ExportJob:
                                              "with_preprocess", "verify_data")
            if name in args}
     cfg = config_from_args(args, fixed={**TRAINING_ONLY, **ONE_CPU_PROCESS})
-    checkpoint = Path(job["checkpoint"]).expanduser()
-    if not checkpoint.is_file():
-        raise UserError(f"--checkpoint {checkpoint}: no such file; pass an existing checkpoint")
+    checkpoint = cli.existing_file("--checkpoint", job["checkpoint"])
     batch = None if job.get("dynamic_batch") else job.get("batch", 1)
     if batch is not None and batch < 1:
         raise UserError(f"--batch must be positive, got {batch}")
@@ -101,10 +99,20 @@ def parse(argv: list[str] | None) -> ExportJob:
         raise UserError(f"--opset {opset} is older than the exporter writes; pass "
                         f"{TORCHSCRIPT_OPSETS.start} or newer (11 for ATC)")
     aipp = job.get("aipp")
-    return ExportJob(cfg, checkpoint, Path(job["output"]).expanduser().resolve(), opset, batch,
+    return ExportJob(cfg, checkpoint, _resolved("--output", job["output"]), opset, batch,
                      job.get("names", "mmcls"), bool(job.get("softmax")),
-                     Path(aipp).expanduser().resolve() if aipp else None,
+                     _resolved("--aipp", aipp) if aipp else None,
                      bool(job.get("with_preprocess")), bool(job.get("verify_data")))
+
+
+def _resolved(flag: str, text: str) -> Path:
+    """An output's real place (a link followed), or one line: a symlink loop has none."""
+    path = Path(text).expanduser()
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python's "Symlink loop from ..."
+        raise UserError(f"{flag} {path} {path_problem(path) or 'cannot be resolved'}; pass "
+                        "another file name") from None
 
 
 def run_export(job: ExportJob) -> None:
@@ -114,7 +122,13 @@ def run_export(job: ExportJob) -> None:
     from ignite_rn50.evaluate import EvalJob, load_test_and_model
 
     onnx.require_packages(job.opset)
+    check_outputs(job)
     test, model = load_test_and_model(EvalJob(job.cfg, job.checkpoint))
+    bad = onnx.first_nonfinite(model)
+    if bad is not None:
+        raise UserError(f"--checkpoint {job.checkpoint}: {bad} holds NaN/inf, so no check "
+                        "could pass; nothing was written. Export a checkpoint with finite "
+                        "weights (an earlier one of the run)")
     module = onnx.ExportModel(model.float().eval(), test.mean, test.std,
                                 job.with_preprocess, job.softmax)
     spec = onnx.GraphSpec(job.opset, job.batch, *NAMES[job.names], job.with_preprocess,
@@ -122,6 +136,7 @@ def run_export(job: ExportJob) -> None:
     sizes = onnx.check_sizes(job.batch, len(test))
     inputs = _model_inputs(test, job.with_preprocess)
     tmp = _temporary_beside(job.output)
+    aipp_tmp = _temporary_beside(job.aipp) if job.aipp is not None else None
     try:
         onnx.export(module, spec, tmp)
         onnx_model = onnx.OnnxModel(tmp)
@@ -129,23 +144,92 @@ def run_export(job: ExportJob) -> None:
             raise UserError(f"--opset {job.opset}: the exporter wrote opset {onnx_model.opset} "
                             f"instead; pass an opset it writes (9-17, or 18 with onnxscript)")
         agreement = onnx.compare(module, onnx_model, onnx.as_batches(inputs, sizes))
-        if agreement.max_abs_diff > CHECK_TOLERANCE or agreement.top1_agree < agreement.images:
-            raise Stop(f"onnxruntime disagrees with PyTorch on {job.output.name}: max abs "
-                       f"difference {agreement.max_abs_diff:.3g}, top-1 agrees on "
-                       f"{agreement.top1_agree}/{agreement.images}; nothing was written")
-        if job.aipp is not None:
-            _write_aipp(job, spec, test, onnx_model)
+        _require_agreement(agreement, job.output)
+        if aipp_tmp is not None:
+            _write_aipp(job, spec, (test, onnx_model), aipp_tmp)
         if job.verify_data:
             top1, top5, images = onnx.accuracy(onnx_model, inputs, test.labels, job.batch)
             print(f"onnxruntime on the test split: top1={top1:.4f} top5={top5:.4f} "
                   f"images={images}", flush=True)
+        if aipp_tmp is not None and job.aipp is not None:
+            os.replace(aipp_tmp, job.aipp)
         os.replace(tmp, job.output)
     finally:
-        tmp.unlink(missing_ok=True)
+        for path in (tmp, aipp_tmp):
+            if path is not None:
+                path.unlink(missing_ok=True)
     batch = f"static {job.batch}" if job.batch else "dynamic"
     print(f"onnx={job.output} opset={onnx_model.opset} batch={batch} "
           f"max_abs_diff={agreement.max_abs_diff:.3g} "
           f"top1_agree={agreement.top1_agree}/{agreement.images}", flush=True)
+
+
+def _require_agreement(agreement: Any, output: Path) -> None:
+    """NaN/inf logits are the model's fault (status 2, like its NaN weights); a disagreement
+    of finite ones is the exporter's (status 1)."""
+    problem = agreement.problem(CHECK_TOLERANCE)
+    if problem is None:
+        return
+    text = f"onnxruntime's check of {output.name} fails: {problem}; nothing was written"
+    if agreement.nonfinite:
+        raise UserError(f"{text}. Export a checkpoint whose outputs are finite")
+    raise Stop(text)
+
+
+# What a run folder holds besides its checkpoints (names of training/checkpoints.py)
+RUN_FILES = ("config.yaml", "summary.json", "train.log", "train_loss.csv", "curves.png")
+
+
+def _trainer_owns(path: Path) -> bool:
+    """A checkpoint's name anywhere, or a file the trainer writes in a run folder."""
+    from ignite_rn50.outputs.rundir import LOCK_NAME
+    from ignite_rn50.training.checkpoints import BEST_RE, EPOCH_RE, MID_RE
+
+    name = path.name.removesuffix(".abandoned")
+    if any(pattern.match(name) for pattern in (EPOCH_RE, BEST_RE, MID_RE)):
+        return True
+    return name in (*RUN_FILES, LOCK_NAME) and (path.parent / LOCK_NAME).exists()
+
+
+def _is_onnx(path: Path) -> bool:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - whatever does not parse is not ONNX
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
+def _is_aipp(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(64).lstrip().startswith(b"aipp_op")
+    except OSError:
+        return False
+
+
+def check_outputs(job: ExportJob) -> None:
+    """Nothing already written is lost: --output replaces an ONNX file only (and only once
+    the check passed), --aipp an AIPP config only; neither may be the checkpoint, the other
+    output or a file the trainer owns. One UserError naming the file and the fix."""
+    outputs = [("--output", job.output, "ONNX file", _is_onnx, "model.onnx")]
+    if job.aipp is not None:
+        outputs.append(("--aipp", job.aipp, "AIPP config", _is_aipp, "aipp.cfg"))
+        if job.aipp == job.output:
+            raise UserError(f"--aipp and --output both name {job.output}; pass two files")
+    for flag, path, kind, is_kind, example in outputs:
+        fix = f"pass another file name ({example})"
+        if path.is_dir():
+            raise UserError(f"{flag} {path} is a folder; pass a file name ({example})")
+        if path.exists() and os.path.samefile(path, job.checkpoint):
+            raise UserError(f"{flag} {path} is the checkpoint being exported; {fix}")
+        if _trainer_owns(path):
+            raise UserError(f"{flag} {path} is a file the trainer owns (a run's checkpoint, "
+                            f"log or report); {fix}")
+        if path.exists() and not is_kind(path):
+            raise UserError(f"{flag} {path} exists and is not an {kind}; {fix}, or move "
+                            "that file away first")
 
 
 def _model_inputs(test: Any, uint8: bool) -> Any:
@@ -172,25 +256,26 @@ def _temporary_beside(output: Path) -> Path:
     return Path(name)
 
 
-def _write_aipp(job: ExportJob, spec: Any, test: Any, onnx_model: Any) -> None:
-    """The AIPP config for ATC and its command line; the config's arithmetic checked by
-    applying its formula to the uint8 test images."""
+def _write_aipp(job: ExportJob, spec: Any, checked: tuple[Any, Any], tmp: Path) -> None:
+    """The AIPP config for ATC (into ``tmp``, renamed with the ONNX file) and its command
+    line; the config's arithmetic checked by applying its formula to the uint8 test images
+    against the pipeline's floats, through the exported model."""
     import numpy as np
 
     from ignite_rn50.deploy import onnx
 
     assert job.aipp is not None
-    try:
-        job.aipp.write_text(onnx.aipp_config(test.mean, test.std, test.image_size))
-    except OSError as exc:
-        raise UserError(f"--aipp {job.aipp} cannot be written ({exc.strerror}); pass a "
-                        "writable path") from None
+    test, onnx_model = checked
+    tmp.write_text(onnx.aipp_config(test.mean, test.std, test.image_size))
     n = job.batch or 8
     aipp_in = onnx.aipp_apply(test.images[:n].numpy(), test.mean, test.std)
     float_in = _model_inputs(test, uint8=False)[:n].numpy()
     by_aipp, by_pipeline = onnx_model(aipp_in), onnx_model(float_in)
     diff = float(np.abs(by_aipp - by_pipeline).max())
     agree = int((by_aipp.argmax(1) == by_pipeline.argmax(1)).sum())
+    if not np.isfinite(diff):  # the figures below are printed, not a guard; NaN is no figure
+        raise UserError(f"--aipp {job.aipp}: the exported model's outputs on AIPP's inputs "
+                        "hold NaN/inf; nothing was written")
     print(f"aipp={job.aipp} (RGB888_U8, mean {'/'.join(f'{m:g}' for m in test.mean)}, "
           f"var_reci 1/std) checked on {n} uint8 test images: max_abs_diff={diff:.3g} "
           f"top1_agree={agree}/{n}", flush=True)

@@ -152,23 +152,56 @@ class OnnxModel:
 
 @dataclass(frozen=True)
 class Agreement:
-    max_abs_diff: float
+    max_abs_diff: float  # over the finite outputs; nan when a side was not finite
     top1_agree: int
     images: int
+    nonfinite: str | None = None  # "PyTorch", "onnxruntime" or both: whose logits were not
+    shape_mismatch: str | None = None
+
+    def problem(self, tolerance: float) -> str | None:
+        """Why the file must not be kept, or None. Nothing passes vacuously: no image
+        compared, a NaN or inf on either side, or other shapes fail, and the difference must
+        be at most ``tolerance`` (a NaN is not)."""
+        if self.images == 0:
+            return "the check compared no image"
+        if self.shape_mismatch:
+            return f"the outputs have other shapes ({self.shape_mismatch})"
+        if self.nonfinite:
+            return f"the {self.nonfinite} outputs hold NaN/inf"
+        if not self.max_abs_diff <= tolerance or self.top1_agree < self.images:
+            return (f"max abs difference {self.max_abs_diff:.3g}, top-1 agrees on "
+                    f"{self.top1_agree}/{self.images}")
+        return None
 
 
 def compare(module: ExportModel, onnx_model: OnnxModel, batches: list[torch.Tensor]
             ) -> Agreement:
     """The same inputs through PyTorch and onnxruntime."""
-    worst, agree, images = 0.0, 0, 0
+    diffs, agree, images, nonfinite = [], 0, 0, set()
     with torch.no_grad():
         for x in batches:
             ours = module(x).numpy()
             theirs = onnx_model(x.numpy())
-            worst = max(worst, float(np.abs(ours - theirs).max()))
-            agree += int((ours.argmax(1) == theirs.argmax(1)).sum())
             images += len(x)
-    return Agreement(worst, agree, images)
+            if ours.shape != theirs.shape:
+                return Agreement(math.nan, 0, images, shape_mismatch=f"PyTorch {ours.shape}, "
+                                 f"onnxruntime {theirs.shape}")
+            nonfinite |= {side for side, out in (("PyTorch", ours), ("onnxruntime", theirs))
+                          if not np.isfinite(out).all()}
+            if ours.size:
+                diffs.append(float(np.abs(ours - theirs).max()))
+            agree += int((ours.argmax(1) == theirs.argmax(1)).sum()) if ours.size else 0
+    worst = math.nan if nonfinite or not diffs else max(diffs)
+    return Agreement(worst, agree, images,
+                     " and ".join(sorted(nonfinite)) or None)
+
+
+def first_nonfinite(model: nn.Module) -> str | None:
+    """The first weight or buffer (in the model's order) holding NaN or inf, or None."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
 
 
 def accuracy(onnx_model: OnnxModel, inputs: torch.Tensor, labels: torch.Tensor,
