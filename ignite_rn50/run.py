@@ -24,7 +24,8 @@ def launch(cfg: Config) -> None:
 
     backend, lock = preflight(cfg)
     try:
-        distributed.launch(process.train, cfg, specs.topology(cfg, backend))
+        distributed.launch(process.train, cfg, specs.topology(cfg, backend),
+                           hold=None if lock is None else lock.fd)
     finally:
         if lock is not None:
             lock.release()

@@ -4,9 +4,13 @@ full disk is one line.
 The process that owns the folder (the launcher of node 0, the one process of a single-process
 run, or global rank 0 under torchrun/SLURM) takes an exclusive OS lock (``flock``) on
 ``.ignite_rn50.lock`` inside it before anything is written, and holds it until it exits.
-The kernel drops the lock with its process, so a run killed by SIGKILL, an OOM or a power
-loss never blocks the next one; the holder's pid, host and start time written into the file
-are for the error message only.
+The launcher's ranks hold it with it: they get the same open file description (not a new
+open, which the exclusive lock would refuse) when they are spawned, and a flock lasts until
+the last descriptor of its description is closed (``distributed.launch``'s ``hold``). A
+launcher killed by SIGKILL thus leaves the folder claimed until its ranks, which stop and
+save then, have left. The kernel drops the lock with the last process, so a run killed
+whole (SIGKILL to all, an OOM, a power loss) never blocks the next one; the holder's pid,
+host and start time written into the file are for the error message only.
 
 On a shared file system the lock holds across hosts where the file system forwards locks
 (NFSv4, NFSv3 with lockd; Linux maps flock to NFS byte-range locks); where it does not
@@ -60,9 +64,12 @@ class OutputDirLock:
 def _holder(path: Path) -> str:
     try:
         info = json.loads(path.read_text())
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+        text = f"pid {info['pid']} on {info['host']}, started {info['started']}"
     except (OSError, ValueError, KeyError, TypeError):
         return "holder unknown"
+    if info["host"] == socket.gethostname() and not Path(f"/proc/{info['pid']}").exists():
+        text += "; that launcher is gone, its processes are still finishing"
+    return text
 
 
 def lock_output_dir(out: Path) -> OutputDirLock | None:

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from multiprocessing import reduction
 from typing import Any
 
 import ignite.distributed as idist
@@ -39,7 +40,13 @@ import torch.multiprocessing as mp  # noqa: E402
 from ignite.distributed.comp_models.native import _NativeDistModel  # noqa: E402
 from torch import nn  # noqa: E402
 
-from ignite_rn50.errors import EXIT_INTERRUPTED, Stop, UserError  # noqa: E402
+from ignite_rn50.errors import (  # noqa: E402
+    Stop,
+    UserError,
+    install_sigterm,
+    interruption_status,
+    restore_sigterm,
+)
 from ignite_rn50.system import device as dev  # noqa: E402
 from ignite_rn50.system.signals import SignalRelay  # noqa: E402
 
@@ -236,9 +243,40 @@ class Topology:
         return self.nproc * self.nodes
 
 
-def launch(fn: Callable[[int, Any], None], arg: Any, topology: Topology) -> None:
+class SharedFd:
+    """An open file that spawned ranks share with their launcher: pickled while
+    multiprocessing spawns a child (``reduction.DupFd``), the descriptor goes to the child
+    with the spawn (the way fork would share it): the same open file description, not a new
+    open of the same file. A flock belongs to the open file description and ends only when
+    its last descriptor is closed."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Callable, tuple]:
+        return _shared_fd, (reduction.DupFd(self.fd),)
+
+
+def _shared_fd(dup: Any) -> SharedFd:
+    return SharedFd(dup.detach())
+
+
+def _run_holding(local_rank: int, fn: Callable[[int, Any], None], held: SharedFd,
+                 arg: Any) -> None:
+    """A spawned rank that keeps ``held`` open until it exits (the kernel closes it then,
+    after everything the rank wrote)."""
+    fn(local_rank, arg)
+
+
+def launch(fn: Callable[[int, Any], None], arg: Any, topology: Topology,
+           hold: int | None = None) -> None:
     """``fn(local_rank, arg)`` in every process of the job: here alone for one process, in
-    the group torchrun/SLURM made, or in ``--nproc`` spawned processes on this node."""
+    the group torchrun/SLURM made, or in ``--nproc`` spawned processes on this node.
+
+    ``hold``: a descriptor whose flock claims the output folder (``outputs.rundir``). Spawned
+    ranks hold it too, so the claim outlives a launcher killed by SIGKILL: its ranks (told by
+    the kernel, see ``signals.LAUNCHER_GONE``) stop, save and leave, and only when the last of
+    them has left can a new run take the folder."""
     timeout = timedelta(seconds=topology.timeout_s)
     if launched_externally():
         idist.initialize(topology.backend or "gloo", timeout=timeout)
@@ -252,13 +290,14 @@ def launch(fn: Callable[[int, Any], None], arg: Any, topology: Topology) -> None
         return
     if topology.node_rank > 0:
         wait_for_master(topology.addr, topology.port, topology.timeout_s)
+    run = (fn,) if hold is None else (_run_holding, fn, SharedFd(hold))
     SignalRelay().install()
     try:
         with idist.Parallel(backend=topology.backend, nproc_per_node=topology.nproc,
                             nnodes=topology.nodes, node_rank=topology.node_rank,
                             master_addr=topology.addr, master_port=topology.port,
                             timeout=timeout) as parallel:
-            parallel.run(fn, arg)
+            parallel.run(*run, arg)
     except KeyboardInterrupt:
         _end_ranks()
         raise
@@ -322,9 +361,11 @@ def sync_buffers(model: nn.Module) -> None:
 
 def rank_main(prog: str, body: Callable[[Any], None], job: Any) -> None:
     """Per-process entry of a job of several processes (spawned, torchrun or SLURM): a Stop
-    ends this rank with its status and one line, Ctrl-C with 130; the process group is freed
-    on every path. A single process lets everything through to ``main``."""
+    ends this rank with its status and one line, Ctrl-C with 130, SIGTERM (where the body
+    sets up no graceful stop of its own) with 143; the process group is freed on every
+    path. A single process lets everything through to ``main``."""
     status = 0
+    previous = install_sigterm()  # a spawned rank starts with SIGTERM's default: death
     try:
         body(job)
     except Stop as exc:
@@ -337,11 +378,13 @@ def rank_main(prog: str, body: Callable[[Any], None], job: Any) -> None:
             if idist.get_rank() != 0:
                 time.sleep(2)
             sys.stderr.write(f"{prog}: error: {exc}\n")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if idist.get_world_size() == 1:
             raise
-        status = EXIT_INTERRUPTED  # torch's spawn wrapper would report a Ctrl-C as success
+        # torch's spawn wrapper would report a Ctrl-C as success; the launcher says it
+        status = interruption_status(exc)[1]
     finally:
+        restore_sigterm(previous)
         release_process_objects()
     if status:
         leave_group()

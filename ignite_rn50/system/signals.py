@@ -18,6 +18,11 @@ import torch
 from ignite.engine import Engine, Events
 
 SECOND_SIGNAL_S = 2.0
+# Not a signal: the launcher of this spawned rank is gone (killed, even by SIGKILL). torch's
+# spawn asks the kernel for SIGINT when it dies (prctl PR_SET_PDEATHSIG); the rank tells
+# that SIGINT from a Ctrl-C by its parent: the kernel re-parents it before it signals. Above
+# every signal number, so that the ranks' MAX all-reduce names it when any rank saw it.
+LAUNCHER_GONE = 128
 
 
 class SignalCount:
@@ -43,6 +48,8 @@ class GracefulStop:
         self.stopped_by: str | None = None  # the signal that stopped the job, once agreed
         self._count = SignalCount()
         self._previous: dict[int, Any] = {}
+        launcher = multiprocessing.parent_process()  # a spawned rank's; None elsewhere
+        self._launcher_pid = launcher.pid if launcher is not None else None
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -56,7 +63,19 @@ class GracefulStop:
     def _handle(self, signum: int, frame: Any) -> None:
         if self._count.is_second():
             raise KeyboardInterrupt
+        if self._launcher_gone():
+            signum = LAUNCHER_GONE
         self.signum = self.signum or signum
+
+    def _launcher_gone(self) -> bool:
+        return self._launcher_pid is not None and os.getppid() != self._launcher_pid
+
+    @property
+    def reason(self) -> str:
+        """What stopped the job, for the log: ``by SIGTERM``, or the launcher's end."""
+        if self.stopped_by == "launcher gone":
+            return "because the launcher is gone (it was killed)"
+        return f"by {self.stopped_by}"
 
     def attach(self, engine: Engine, every: int) -> None:
         """Single process: check after every step (a host flag, free). Several processes: all
@@ -73,7 +92,8 @@ class GracefulStop:
             flag = torch.tensor([float(signum)], device=idist.device())
             signum = int(idist.all_reduce(flag, op="MAX").item())
         if signum:
-            self.stopped_by = signal.Signals(signum).name
+            self.stopped_by = ("launcher gone" if signum == LAUNCHER_GONE
+                               else signal.Signals(signum).name)
             engine.terminate()
 
 

@@ -136,8 +136,8 @@ def run_until_done(ctx: RunContext, outputs: Outputs) -> None:
     if ctx.stop.stopped_by:
         path = outputs.checkpoints.save_mid(trainer, "interrupted")
         if rt.is_main:
-            log.info("stopped by %s at epoch %d iteration %d; saved %s. Resume with the same "
-                     "command plus --resume auto", ctx.stop.stopped_by,
+            log.info("stopped %s at epoch %d iteration %d; saved %s. Resume with the same "
+                     "command plus --resume auto", ctx.stop.reason,
                      trainer.state.epoch, trainer.state.iteration, path)
     if rt.processes > 1:
         idist.barrier()  # leave together: rank 0 may still be writing reports
