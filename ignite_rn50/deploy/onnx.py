@@ -196,14 +196,6 @@ def compare(module: ExportModel, onnx_model: OnnxModel, batches: list[torch.Tens
                      " and ".join(sorted(nonfinite)) or None)
 
 
-def first_nonfinite(model: nn.Module) -> str | None:
-    """The first weight or buffer (in the model's order) holding NaN or inf, or None."""
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return name
-    return None
-
-
 def accuracy(onnx_model: OnnxModel, inputs: torch.Tensor, labels: torch.Tensor,
              batch: int | None) -> tuple[float, float, int]:
     """(top-1 %, top-5 %, images) of the exported model over a split, as evaluate counts

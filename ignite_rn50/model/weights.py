@@ -75,14 +75,27 @@ def first_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str | No
     return f"the file has '{extra[0]}', which this model lacks" if extra else None
 
 
+def first_nonfinite(state: dict[str, torch.Tensor]) -> str | None:
+    """The first floating tensor (in the file's order) holding NaN or inf, or None."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
 def load_into(model: nn.Module, path: Path, flag: str) -> str:
     """Copy the file's weights into ``model`` (cast to its dtypes); returns the layout name.
-    A file of another depth or class count is one UserError naming the first mismatch."""
+    A file of another depth or class count is one UserError naming the first mismatch, a
+    file holding NaN/inf one naming the first such tensor."""
     state, layout = read_state_dict(path, flag)
     problem = first_mismatch(model, state)
     if problem is not None:
         raise UserError(f"{flag} {path} ({layout} layout) does not fit this model: {problem}; "
                         "pass the --depth and dataset/class count it was trained with")
+    bad = first_nonfinite(state)
+    if bad is not None:  # nothing evaluated, exported or trained from it could be right
+        raise UserError(f"{flag} {path}: {bad} holds NaN/inf; pass a checkpoint with finite "
+                        "weights (an earlier one of the run)")
     model.load_state_dict(state)
     return layout
 
