@@ -290,6 +290,8 @@ def test_kill_9_of_the_launcher_keeps_the_folder_locked_until_the_ranks_leave(
     assert len(list(out.glob("interrupted_checkpoint_*.pt"))) == 1
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_a_launcher_s_lock_is_shared_with_what_it_spawns(tmp_path: Path) -> None:
     """The mechanism alone: a spawned child holds the launcher's flock (the same open file
     description), so the lock outlives the launcher's own descriptor."""

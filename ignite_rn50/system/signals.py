@@ -20,9 +20,14 @@ from ignite.engine import Engine, Events
 SECOND_SIGNAL_S = 2.0
 # Not a signal: the launcher of this spawned rank is gone (killed, even by SIGKILL). torch's
 # spawn asks the kernel for SIGINT when it dies (prctl PR_SET_PDEATHSIG); the rank tells
-# that SIGINT from a Ctrl-C by its parent: the kernel re-parents it before it signals. Above
-# every signal number, so that the ranks' MAX all-reduce names it when any rank saw it.
+# that SIGINT from a Ctrl-C by its parent: its parent has changed (the kernel re-parents it
+# first), or the launcher's end of the pipe multiprocessing spawned it with is closed. The
+# kernel may signal while the launcher's threads are still ending (the rank then belongs to
+# one of them for a moment, same pid), so a SIGINT is judged again when the ranks agree,
+# after up to LAUNCHER_EXIT_S for the launcher's end. Above every signal number, so that
+# the ranks' MAX all-reduce names it when any rank saw it.
 LAUNCHER_GONE = 128
+LAUNCHER_EXIT_S = 0.5
 
 
 class SignalCount:
@@ -48,8 +53,7 @@ class GracefulStop:
         self.stopped_by: str | None = None  # the signal that stopped the job, once agreed
         self._count = SignalCount()
         self._previous: dict[int, Any] = {}
-        launcher = multiprocessing.parent_process()  # a spawned rank's; None elsewhere
-        self._launcher_pid = launcher.pid if launcher is not None else None
+        self._launcher = multiprocessing.parent_process()  # a spawned rank's; None elsewhere
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,12 +67,17 @@ class GracefulStop:
     def _handle(self, signum: int, frame: Any) -> None:
         if self._count.is_second():
             raise KeyboardInterrupt
-        if self._launcher_gone():
-            signum = LAUNCHER_GONE
-        self.signum = self.signum or signum
+        self.signum = self.signum or self._cause(signum, wait_s=0)
 
-    def _launcher_gone(self) -> bool:
-        return self._launcher_pid is not None and os.getppid() != self._launcher_pid
+    def _cause(self, signum: int, wait_s: float) -> int:
+        """LAUNCHER_GONE for a SIGINT whose launcher is gone, or ends within ``wait_s``."""
+        launcher = self._launcher
+        if signum != signal.SIGINT or launcher is None:
+            return signum
+        if os.getppid() != launcher.pid:
+            return LAUNCHER_GONE
+        launcher.join(wait_s)  # its sentinel: the pipe's end that only the launcher holds
+        return signum if launcher.is_alive() else LAUNCHER_GONE
 
     @property
     def reason(self) -> str:
@@ -88,6 +97,8 @@ class GracefulStop:
 
     def _check(self, engine: Engine) -> None:
         signum = self.signum
+        if signum == signal.SIGINT:
+            signum = self.signum = self._cause(signum, wait_s=LAUNCHER_EXIT_S)
         if idist.get_world_size() > 1:  # every rank learns which signal stopped the job
             flag = torch.tensor([float(signum)], device=idist.device())
             signum = int(idist.all_reduce(flag, op="MAX").item())
