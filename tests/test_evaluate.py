@@ -56,6 +56,8 @@ def test_evaluates_mmcls_layout_to_the_same_top1(trained: Path, name: str) -> No
     assert top1 == pytest.approx(100 * read_summary(trained)["final_top1"], abs=1e-4)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_count_each_image_once(trained: Path) -> None:
     top1, top5, loss, images = _evaluate(
         trained / "mmcls_fp32.pth", *TINY, "--nproc", "2", "--synthetic-test-size", "63",
@@ -77,6 +79,7 @@ def test_file_of_another_model_is_refused(trained: Path, flags: list[str], needl
         assert_one_line_error(proc, f"--checkpoint {trained / name}", needle)
 
 
+@pytest.mark.slow
 def test_evaluate_and_init_from_on_standin_npu(trained: Path, tmp_path: Path,
                                                standin_env: dict[str, str]) -> None:
     top1, _, _, images = _evaluate(trained / "mmcls_fp16_ddp.pth", *TINY, "--device", "npu",

@@ -8,12 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from tests.helpers import TINY, base_env, read_summary, run_cli, run_main
 
 
+@pytest.mark.slow
 def test_two_epoch_run_learns_and_writes_everything(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_main([*TINY, "--synthetic-train-size", "512", "--synthetic-test-size", "128",
@@ -53,6 +55,7 @@ def test_channels_last_trains_in_channels_last(tmp_path: Path) -> None:
     assert state["model"]["layer1.0.conv1.weight"].shape == (64, 64, 3, 3)
 
 
+@pytest.mark.slow
 def test_npu_path_on_standin(tmp_path: Path, standin_env: dict[str, str]) -> None:
     out = tmp_path / "npu"
     # fp16 convolutions are ~10 s a step on the stand-in: two steps an epoch, tiny eval

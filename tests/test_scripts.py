@@ -167,7 +167,9 @@ def test_bs256_scripts_name_their_mode_cards_and_recipe() -> None:
 
 # cwd: the repo root, test/, or anywhere else (the repo is found from the script's location);
 # a non-zero ASCEND_DEVICE_ID names the output folder (and is the ignored --gpu-id on cpu).
-@pytest.mark.parametrize("name", list(SCRIPTS))
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.distributed)
+                                  if SCRIPTS[n][1] == 8 else n for n in SCRIPTS])
 def test_script_cpu_smoke(name: str, tmp_path: Path, cifar_dir: Path) -> None:
     mode, nproc, per_device = SCRIPTS[name]
     index = list(SCRIPTS).index(name)
@@ -213,7 +215,9 @@ def test_script_cpu_smoke(name: str, tmp_path: Path, cifar_dir: Path) -> None:
 
 
 # fp16 is emulated on the CPU by the stand-in, tens of times slower: fp32 keeps these short.
-@pytest.mark.parametrize("name", ["train_performance_1p.sh", "train_full_8p.sh"])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["train_performance_1p.sh", pytest.param(
+    "train_full_8p.sh", marks=pytest.mark.distributed)])
 def test_script_npu_standin(name: str, tmp_path: Path, standin_env: dict[str, str]) -> None:
     mode, nproc, per_device = SCRIPTS[name]
     args = _without(SMOKE, "--device") + ["--device", "npu", "--no-amp"]
@@ -231,6 +235,7 @@ def test_script_npu_standin(name: str, tmp_path: Path, standin_env: dict[str, st
     check_case_log(folder, summary, mode, proc.stdout)
 
 
+@pytest.mark.slow
 def test_bs32_performance_script_runs_the_cosine_recipe(tmp_path: Path) -> None:
     """The package's bs32 scripts: resnet50_8xb16_cifar100_cos with optimizer.lr=0.2, i.e.
     cosine annealing per epoch from 0.2 to 0, here over the script's own 2 epochs."""
@@ -259,6 +264,7 @@ def _lrs(run_dir: Path) -> list[tuple[int, int, float]]:
         return [(int(r["iteration"]), int(r["epoch"]), float(r["lr"])) for r in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_performance_1p_bs256_script_runs_the_mix_recipe_all_warm_up(tmp_path: Path) -> None:
     """The package's _perf config: cosine over the 2 epochs run, warm-up over 20 epochs'
     iterations (here 20 x 2): every logged lr is regular(epoch) x the warm-up factor."""
@@ -286,6 +292,8 @@ def test_performance_1p_bs256_script_runs_the_mix_recipe_all_warm_up(tmp_path: P
     assert "training batches mixed" in (run_dir / "train.log").read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_full_8p_bs256_script_warms_up_then_anneals(tmp_path: Path) -> None:
     """Over 2 processes (global batch still 2048), a 1-epoch warm-up instead of 20: the
     first epoch's lrs rise from 1e-3 x lr, the second's follow the cosine by epoch."""
@@ -304,6 +312,7 @@ def test_full_8p_bs256_script_warms_up_then_anneals(tmp_path: Path) -> None:
     assert values["CaseName"] == "Resnet50_cifar_for_PyTorch_bs2048_2p_acc"
 
 
+@pytest.mark.slow
 def test_script_precision_on_standin_npu_without_apex(tmp_path: Path,
                                                       standin_env: dict[str, str]) -> None:
     """An NPU without apex runs the package's static loss scale 1024 with native AMP."""

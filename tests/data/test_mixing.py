@@ -143,6 +143,7 @@ def test_a_resume_at_the_last_partial_batch_mixes_it_as_an_uninterrupted_run() -
         assert torch.equal(last[0][0], last[1][0]) and torch.equal(last[0][1], last[1][1])
 
 
+@pytest.mark.slow
 def test_a_resumed_mix_run_mixes_the_same_batches(tmp_path: Path) -> None:
     """SIGTERM mid-epoch, then --resume auto: the final weights equal an uninterrupted run's
     (the draws of an epoch depend on seed, rank and epoch alone: nothing to checkpoint)."""

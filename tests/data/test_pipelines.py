@@ -141,6 +141,7 @@ def test_auto_pipeline_falls_back_when_data_would_crowd_the_device() -> None:
     assert pipelines.fits_on_device(train, test, 2, 10_000_000)  # each rank holds half
 
 
+@pytest.mark.slow
 def test_no_drop_last_trains_on_the_last_partial_batch(tmp_path: Path) -> None:
     """mmcls's loader keeps an epoch's last partial batch; --no-drop-last does the same in
     both pipelines (and with mixing: the partial batch mixes within itself)."""
@@ -160,6 +161,7 @@ def test_no_drop_last_trains_on_the_last_partial_batch(tmp_path: Path) -> None:
     assert summary["iterations"] == 8 and summary["epochs_completed"] == 1
 
 
+@pytest.mark.slow
 def test_torchvision_pipeline_trains(tmp_path: Path) -> None:
     out = tmp_path / "tv"
     proc = run_cli([*TINY, "--epochs", "1", "--data-pipeline", "torchvision",

@@ -103,6 +103,7 @@ def test_download_offline_names_the_url_and_where_to_put_files(
     assert f"{archive} by hand" in line and folder in line and str(tmp_path / "dl") in line
 
 
+@pytest.mark.slow
 def test_trains_on_cifar_files_subset(tmp_path: Path) -> None:
     write_cifar(tmp_path / "d", n_train=96, n_test=40)
     base = [*TINY, "--dataset", "cifar100"]
@@ -134,6 +135,7 @@ def test_cifar10_reads_its_five_batches_with_its_statistics(tmp_path: Path) -> N
     assert torch.allclose(x, expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_cifar10_trains_and_evaluates_end_to_end(tmp_path: Path) -> None:
     write_cifar10(tmp_path / "d", per_batch=32, n_test=40)
     out = tmp_path / "run"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 import torch
 
 from ignite_rn50.data import pipelines
@@ -85,6 +86,7 @@ def test_mmcls_fp16_file_exports_with_a_dynamic_batch(trained: Path, tmp_path: P
         assert (theirs.argmax(1) == ours.argmax(1)).all()
 
 
+@pytest.mark.slow
 def test_verify_data_equals_evaluate(trained: Path, tmp_path: Path) -> None:
     status, lines, err = _export(trained, "--output", str(tmp_path / "m.onnx"),
                                  "--batch", "16", "--verify-data")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import TINY, run_cli
 
 
+@pytest.mark.slow
 def test_train_log_opens_with_the_environment(tmp_path: Path) -> None:
     out = tmp_path / "env"
     proc = run_cli([*TINY, "--epochs", "1", "--output-dir", str(out)])

@@ -6,6 +6,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import (
     TINY,
     assert_one_line_error,
@@ -24,6 +26,7 @@ def test_output_dir_not_writable(tmp_path: Path) -> None:
                           "--output-dir", "not writable")
 
 
+@pytest.mark.slow
 def test_second_run_on_a_busy_output_dir_stops_and_touches_nothing(tmp_path: Path) -> None:
     out = tmp_path / "busy"
     args = [*TINY, "--epochs", "3", "--print-freq", "1", "--output-dir", str(out)]

@@ -41,6 +41,7 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"out": out, "cache": tmp / "cache", "proc": proc}
 
 
+@pytest.mark.slow
 def test_auto_without_server_goes_offline_and_says_where(offline_run: dict) -> None:
     sessions = _sessions(offline_run["cache"])
     assert len(sessions) == 1
@@ -49,6 +50,7 @@ def test_auto_without_server_goes_offline_and_says_where(offline_run: dict) -> N
     assert Path(f"{sessions[0]}.zip").is_file()
 
 
+@pytest.mark.slow
 def test_offline_session_holds_hparams_metrics_model(offline_run: dict) -> None:
     session = _sessions(offline_run["cache"])[0]
     task = json.loads((session / "task.json").read_text())
@@ -95,6 +97,7 @@ def test_offline_session_holds_hparams_metrics_model(offline_run: dict) -> None:
     assert any("summary" in name for name in artifacts), artifacts
 
 
+@pytest.mark.slow
 def test_a_cpu_run_prints_only_what_means_something(offline_run: dict) -> None:
     """No GPU-monitor noise on a machine without an NVIDIA GPU; the machine monitor stays."""
     text = offline_run["proc"].stdout + offline_run["proc"].stderr
@@ -116,6 +119,7 @@ def test_clearml_internals_we_use_exist() -> None:
     assert issubclass(trackers.machine_monitor_class(), ResourceMonitor)
 
 
+@pytest.mark.slow
 def test_tensorboard_has_the_same_scalars(offline_run: dict) -> None:
     acc = EventAccumulator(str(offline_run["out"] / "tensorboard"))
     acc.Reload()
@@ -133,6 +137,8 @@ def test_tensorboard_has_the_same_scalars(offline_run: dict) -> None:
     assert [e.value for e in acc.Scalars("epoch/epoch_lr")] == pytest.approx([0.05, 0.025])
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_process_run_creates_one_task(tmp_path: Path) -> None:
     env = base_env(CLEARML_CACHE_DIR=str(tmp_path / "cache"))
     proc = run_cli([*LOGGED, "--clearml-mode", "offline", "--nproc", "2", "--epochs", "1",
@@ -142,6 +148,7 @@ def test_two_process_run_creates_one_task(tmp_path: Path) -> None:
     assert len(_sessions(tmp_path / "cache")) == 1
 
 
+@pytest.mark.slow
 def test_online_dead_server_falls_back_offline_without_leaking_secret(tmp_path: Path) -> None:
     secret = "FAKE-SECRET-7f3a9c"
     dead = f"http://127.0.0.1:{free_port()}"

@@ -48,6 +48,7 @@ def test_torch_npu_that_exits_is_one_clear_error(tmp_path: Path) -> None:
         proc.stdout, proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_apex_without_npufusedsgd_says_so_on_npu(tmp_path: Path) -> None:
     """--amp-backend auto takes apex where it imports on an NPU (the ModelZoo package's
     setting); an apex without Ascend's NpuFusedSGD falls back to torch's SGD with one warning
@@ -91,6 +92,7 @@ def test_devices_and_sizes_absent(tmp_path: Path, args: list[str], needle: str) 
     assert_one_line_error(proc, needle)
 
 
+@pytest.mark.slow
 def test_npu_card_out_of_range_and_apex_missing(tmp_path: Path,
                                                 standin_env: dict[str, str]) -> None:
     assert_one_line_error(run_cli([*TINY, "--device", "npu", "--gpu-id", "5", "--output-dir",

@@ -33,6 +33,8 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_gloo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     proc = run_cli([*TINY, "--nproc", "2", "--port", str(free_port()),
@@ -78,6 +80,8 @@ def test_two_processes_gloo_end_to_end(tmp_path: Path) -> None:
 PG_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop", "pt_tcpstore_uv")
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ranks_end_with_no_process_group_thread_alive(tmp_path: Path) -> None:
     """The cause of the random abort ("terminate called without an active exception",
     status -6): gloo threads outliving the process group into interpreter shutdown, where
@@ -94,6 +98,8 @@ def test_ranks_end_with_no_process_group_thread_alive(tmp_path: Path) -> None:
         assert not set(threads) & set(PG_THREADS), (rank, threads)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_torchrun_joins_existing_group(tmp_path: Path) -> None:
     out = tmp_path / "trun"
     env = base_env()
@@ -107,6 +113,8 @@ def test_torchrun_joins_existing_group(tmp_path: Path) -> None:
     assert summary["replica_checksums"][0] == summary["replica_checksums"][1]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_npu_two_processes_hccl_on_standin(tmp_path: Path, standin_env: dict[str, str]) -> None:
     out = tmp_path / "hccl"
     # fp32: the stand-in's fp16 kernels take ~10 s a step (the 1-process test covers AMP)
@@ -125,6 +133,7 @@ def test_npu_two_processes_hccl_on_standin(tmp_path: Path, standin_env: dict[str
     assert summary["world_size"] == 2 and summary["amp"] == "fp32"
 
 
+@pytest.mark.slow
 def test_more_processes_than_devices_is_clear(standin_env: dict[str, str],
                                               tmp_path: Path) -> None:
     env = dict(standin_env, FAKENPU_DEVICE_COUNT="2")
@@ -134,6 +143,7 @@ def test_more_processes_than_devices_is_clear(standin_env: dict[str, str],
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unreachable_master_is_clear(tmp_path: Path) -> None:
     proc = run_cli([*TINY, "--nproc", "1", "--world-size", "2", "--node-rank", "1",
                     "--addr", "127.0.0.1", "--port", str(free_port()), "--dist-timeout", "3",
@@ -148,6 +158,8 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_killed_rank_takes_job_down_within_60s(tmp_path: Path) -> None:
     out = tmp_path / "kill"
     args = [sys.executable, "-m", "ignite_rn50.run", *TINY, "--nproc", "2", "--epochs", "50",
@@ -177,6 +189,7 @@ def test_killed_rank_takes_job_down_within_60s(tmp_path: Path) -> None:
             "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
+@pytest.mark.slow
 def test_master_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("", 0))

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers import (
@@ -26,6 +27,7 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     args = [*TINY, "--epochs", "2", "--print-freq", "1"]
     full = tmp_path / "full"
@@ -51,6 +53,8 @@ def test_sigterm_saves_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_sigterm_to_launcher_stops_all_ranks_cleanly(tmp_path: Path) -> None:
     out = tmp_path / "ddp-term"
     proc = popen_run([*TINY, "--nproc", "2", "--epochs", "20", "--print-freq", "2",
@@ -66,6 +70,8 @@ def test_sigterm_to_launcher_stops_all_ranks_cleanly(tmp_path: Path) -> None:
     assert state["trainer"]["iteration"] % 2 == 0  # ranks agreed at a print boundary
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_sigint_to_one_rank_stops_every_rank_with_its_name(tmp_path: Path) -> None:
     """Only rank 1 receives SIGINT; rank 0 learns at the agreed step which signal it was."""
     out = tmp_path / "int1"
@@ -79,6 +85,8 @@ def test_sigint_to_one_rank_stops_every_rank_with_its_name(tmp_path: Path) -> No
     assert "stopped by SIGINT at epoch 1" in rest and "SIGTERM" not in rest
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_ctrl_c_on_a_spawned_job(tmp_path: Path) -> None:
     """First Ctrl-C (SIGINT to the launcher): the ranks stop at an agreed step and save, exit
     0. A second one more than 2 s later stops the job at once: status 130, no rank left."""
@@ -117,6 +125,7 @@ def _rank_pids(launcher: int) -> list[int]:
     return sorted(pids)
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_evaluate_is_one_line_and_130(trained: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "ignite_rn50.evaluate", "--checkpoint",
                              str(trained / "checkpoint_1.pt"), *TINY, "--synthetic-test-size",

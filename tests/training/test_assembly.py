@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.helpers import TINY, assert_one_line_error, model_state, run_cli, run_main
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_the_weights(trained: Path, tmp_path: Path) -> None:
     """Model weights only: the trainer's epoch count, optimizer and schedule start fresh."""
     start = model_state(trained / "checkpoint_1.pt")

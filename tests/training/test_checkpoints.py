@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from ignite_rn50.training.checkpoints import find_latest_checkpoint
@@ -25,6 +26,7 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.slow
 def test_resume_2_to_3_equals_uninterrupted_3(tmp_path: Path) -> None:
     args = [*TINY, "--lr-milestones", "2", "--warmup-iters", "3"]
     full, part = tmp_path / "full", tmp_path / "part"
@@ -50,6 +52,7 @@ def test_existing_checkpoints_without_resume_refused(tmp_path: Path) -> None:
     assert {p.name: p.stat().st_mtime for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_auto_finishes(tmp_path: Path) -> None:
     out = tmp_path / "k"
     args = [*TINY, "--epochs", "3", "--print-freq", "1", "--output-dir", str(out)]
@@ -72,6 +75,7 @@ def test_kill_9_then_resume_auto_finishes(tmp_path: Path) -> None:
     assert summary["epochs_completed"] == 3 and summary["iterations"] == 24
 
 
+@pytest.mark.slow
 def test_retention_bounded_across_resumes(tmp_path: Path) -> None:
     out = tmp_path / "r"
     args = [*TINY, "--keep-checkpoints", "2", "--output-dir", str(out)]
@@ -83,6 +87,7 @@ def test_retention_bounded_across_resumes(tmp_path: Path) -> None:
     assert len([n for n in names if n.startswith("best_")]) == 1 and len(names) == 3
 
 
+@pytest.mark.slow
 def test_resume_of_finished_run_does_nothing_and_older_resume_abandons_newer(
         tmp_path: Path) -> None:
     out = tmp_path / "f"
@@ -104,6 +109,7 @@ def test_resume_of_finished_run_does_nothing_and_older_resume_abandons_newer(
     assert read_summary(out)["epochs_completed"] == 3
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_is_named(tmp_path: Path) -> None:
     """Refused before anything is written: the folder's config.yaml stays the run's."""
     out = tmp_path / "m"
@@ -128,6 +134,7 @@ def test_mismatched_checkpoint_is_named(tmp_path: Path) -> None:
                           "no such file")
 
 
+@pytest.mark.slow
 def test_save_every_iters_then_kill_9_resumes_bit_exactly(tmp_path: Path) -> None:
     """--save-every-iters 3: one mid-epoch file at a time (the newest), beside the epoch
     checkpoints; a kill -9 mid-epoch resumes from it to the weights of a run never stopped,
@@ -155,6 +162,7 @@ def test_save_every_iters_then_kill_9_resumes_bit_exactly(tmp_path: Path) -> Non
 
 
 # A ResNet-18 checkpoint with its SGD momentum is ~86 MiB: 150 MiB hold one of them.
+@pytest.mark.slow
 def test_full_disk_during_a_save_is_one_line_and_resume_finishes(tmp_path: Path,
                                                                   tmpfs) -> None:
     disk = tmpfs("150m")
@@ -175,6 +183,8 @@ def test_full_disk_during_a_save_is_one_line_and_resume_finishes(tmp_path: Path,
     assert read_summary(out)["epochs_completed"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_full_disk_stops_every_rank_of_a_job(tmp_path: Path, tmpfs) -> None:
     out = tmpfs("150m") / "run"
     proc = run_cli([*TINY, "--nproc", "2", "--epochs", "2", "--port", str(free_port()),

@@ -120,6 +120,7 @@ def test_graph_combinations_refused(tmp_path: Path, extra: list[str], needle: st
                                    str(tmp_path / "o")]), needle)
 
 
+@pytest.mark.slow
 def test_graph_and_compile_refused_on_standin_npu(tmp_path: Path,
                                                   standin_env: dict[str, str]) -> None:
     assert_one_line_error(run_cli([*TINY, "--device", "npu", "--graph", "--output-dir",

@@ -70,6 +70,7 @@ def _files(out: Path) -> dict:
             "best": Path(summary["best_checkpoint"]).name, "scalars": scalars}
 
 
+@pytest.mark.slow
 def test_registration_order_changes_no_file(tmp_path: Path) -> None:
     first = _files(_run(tmp_path / "a", ["handlers", "checkpoints", "summary",
                                          "trackers"]).rt.out)

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import TINY, base_env, read_summary
 
 
+@pytest.mark.slow
 def test_summary_is_valid_json_every_epoch(tmp_path: Path) -> None:
     """Read while the run goes on: after epoch k (once epoch k+1 is logging) summary.json is
     complete JSON for k epochs; at the end for all of them."""
