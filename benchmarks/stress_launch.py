@@ -1,7 +1,7 @@
 """Run the real multi-process CLI many times and count the runs that do not end cleanly.
 
 Not part of the test suite (hundreds of runs take hours on 2 cores). Each run is the tiny
-2-epoch job of ``tests/conftest.py::TINY`` with ``--nproc N`` (gloo on CPU, or "hccl" on the
+2-epoch job of ``tests/helpers.py::TINY`` with ``--nproc N`` (gloo on CPU, or "hccl" on the
 NPU stand-in with ``--device npu``), in a fresh output folder on a fresh port. A run fails
 when its exit status is not 0, when any rank printed ``terminate called`` (a C++
 ``std::terminate``), or when it did not write a complete ``summary.json``. Failures are

@@ -46,7 +46,7 @@ class TrackerContext:
 
 # --- ClearML internals (clearml 2.1) ------------------------------------------------------------
 # clearml offers no public switch for these three; each private name is used in exactly one
-# function below, and tests/test_reporting.py::test_clearml_internals_we_use_exist fails
+# function below, and tests/outputs/test_trackers.py::test_clearml_internals_we_use_exist fails
 # loudly when a clearml release renames or removes one.
 
 def use_report_threads() -> None:
