@@ -70,7 +70,7 @@ def evaluate_shard(job: EvalJob) -> None:
     fmt = dev.memory_format(cfg.channels_last)
     model.to(device, memory_format=fmt)
     rank, world = idist.get_rank(), idist.get_world_size()
-    batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
+    batch = specs.eval_batch_per_process(cfg, world)
     if rank == 0:
         print(f"evaluating {job.checkpoint} on {len(test)} {cfg.dataset} test images, {device} "
               f"x {world}", flush=True)

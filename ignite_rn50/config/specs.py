@@ -33,6 +33,12 @@ def mix_spec(cfg: Config) -> MixSpec:
     return MixSpec.resolve(cfg.mixup_alpha, cfg.mixup_prob, cfg.cutmix_alpha, cfg.cutmix_prob)
 
 
+def eval_batch_per_process(cfg: Config, processes: int) -> int:
+    """--eval-batch-size (default: --batch-size) is global, as --batch-size is; each process
+    scores its share of the test images in batches of its share of it, at least 1."""
+    return max((cfg.eval_batch_size or cfg.batch_size) // processes, 1)
+
+
 def topology(cfg: Config, backend: str | None) -> Topology:
     return Topology(cfg.nproc, cfg.nodes, cfg.node_rank, cfg.addr, cfg.port, cfg.dist_timeout,
                     backend)

@@ -10,8 +10,8 @@ from typing import Iterable
 import ignite.distributed as idist
 import torch
 
+from ignite_rn50.config import specs
 from ignite_rn50.config.declaration import Config, batch_share_problem
-from ignite_rn50.config.specs import synthetic_sizes
 from ignite_rn50.data import pipelines
 from ignite_rn50.data.readers import ensure_files, load_datasets
 from ignite_rn50.data.registry import dataset_spec
@@ -54,9 +54,9 @@ def build_dataflow(cfg: Config, device: torch.device, *, launched_externally: bo
     if launched_externally:
         download_once_per_job(cfg, launched_externally=True)
     train_set, test_set = load_datasets(dataset_spec(cfg.dataset), cfg.data,
-                                        synthetic_sizes(cfg))
+                                        specs.synthetic_sizes(cfg))
     batch = cfg.batch_size // world
-    eval_batch = max((cfg.eval_batch_size or cfg.batch_size) // world, 1)
+    eval_batch = specs.eval_batch_per_process(cfg, world)
     on_device = cfg.data_pipeline == "device" or (
         cfg.data_pipeline == "auto" and pipelines.fits_on_device(
             train_set, test_set, world, dev.free_memory(device)))
