@@ -12,24 +12,7 @@ import pytest
 import torch
 
 from ignite_rn50.model.weights import to_mmcls
-
-# Test modules import helpers from tests.helpers. test_readme.py, test_extending.py and
-# test_hostile_input.py (written by others meanwhile) may still import some from here: once
-# they import from tests.helpers, drop the names this module does not use (noqa: F401).
-from tests.helpers import (  # noqa: F401
-    REPO,
-    STANDIN,
-    TINY,
-    assert_one_line_error,
-    base_env,
-    free_port,
-    model_state,
-    read_summary,
-    run_cli,
-    run_main,
-    write_cifar,
-    write_cifar10,
-)
+from tests.helpers import REPO, STANDIN, TINY, base_env, model_state, run_main, write_cifar
 
 # The signal tests send SIGINT to the processes they start. A pytest started in the background
 # by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and so would every

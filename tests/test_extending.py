@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, assert_one_line_error, base_env
+from tests.helpers import REPO, assert_one_line_error, base_env
 
 DOC = (REPO / "docs" / "extending.md").read_text()
 # a run of seconds: ResNet-18 on 8x8 synthetic images, 64 of them, batches of 16

@@ -11,8 +11,7 @@ import pytest
 from ignite_rn50.config.parsing import build_parser, config_from_args
 from ignite_rn50.evaluate import build_eval_parser
 from ignite_rn50.export import build_export_parser
-
-from .conftest import REPO
+from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
 # the notes whose flags are ours (results.md and teardown.md quote the benchmarks' own flags)
