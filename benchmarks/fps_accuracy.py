@@ -75,7 +75,8 @@ def main() -> None:
                                rank=0, world_size=1)
     trainer = create_trainer(make_train_step(model, opt, criterion,
                                              prec.Amp(device, precision, scaler)))
-    evaluator = create_evaluator(model, criterion, device, precision)
+    evaluator = create_evaluator(model, criterion, device, precision,
+                                 num_classes=args.num_classes)
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train.set_epoch(e.state.epoch))
     meter = handlers.FpsMeter(device, warmup=args.warmup)
     meter.attach(trainer)

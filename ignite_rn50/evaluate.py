@@ -8,6 +8,8 @@ FILE is a checkpoint of this trainer or of the ModelZoo package (mmcls 0.x, see
 ``--config`` takes a run's saved ``config.yaml`` as it is: keys that do not concern
 evaluation are accepted and unused (nothing is written, no output folder is touched).
 The last line on stdout: ``top1=<percent> top5=<percent> loss=<float> images=<count>``.
+``--per-class DIR`` also writes ``per_class.csv`` and ``confusion.csv`` there (see
+``outputs/perclass.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ PROG = "ignite_rn50.evaluate"
 class EvalJob:
     cfg: Config
     checkpoint: Path
+    per_class: Path | None = None  # --per-class: where per_class.csv and confusion.csv go
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -35,14 +38,19 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser = build_parser(prog=f"python -m {PROG}", description="Evaluate a checkpoint (ours "
                           "or mmcls 0.x) on the test split.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file to evaluate")
+    parser.add_argument("--per-class", metavar="DIR", help="also write per_class.csv (class,"
+                        "index,images,top1) and confusion.csv (true class by row) into DIR")
     return parser
 
 
 def parse(argv: list[str] | None) -> EvalJob:
+    from ignite_rn50.outputs.perclass import check_folder
+
     args = vars(build_eval_parser().parse_args(argv))
-    checkpoint = args.pop("checkpoint")
-    return EvalJob(config_from_args(args, fixed=TRAINING_ONLY),
-                   cli.existing_file("--checkpoint", checkpoint))
+    checkpoint, per_class = args.pop("checkpoint"), args.pop("per_class", None)
+    cfg = config_from_args(args, fixed=TRAINING_ONLY)
+    return EvalJob(cfg, cli.existing_file("--checkpoint", checkpoint),
+                   check_folder(Path(per_class)) if per_class is not None else None)
 
 
 def evaluate(local_rank: int, job: EvalJob) -> None:
@@ -77,12 +85,18 @@ def evaluate_shard(job: EvalJob) -> None:
     batches = pipelines.device_eval_batches(test, device, batch, rank=rank, world_size=world,
                                            channels_last=cfg.channels_last)
     evaluator = create_evaluator(model, torch.nn.CrossEntropyLoss().to(device), device,
-                                 precision, fmt)
+                                 precision, fmt, num_classes=test.num_classes)
     evaluator.run(batches)
     images = sum(len(targets) for _, targets in batches)  # what this rank really evaluated
     if world > 1:
         images = int(idist.all_reduce(torch.tensor([float(images)], device=idist.device())))
     m = evaluator.state.metrics
+    if rank == 0 and job.per_class is not None:
+        from ignite_rn50.outputs import perclass
+
+        files = perclass.write_files(job.per_class, m["confusion"].cpu().tolist(),
+                                     test.class_names)
+        print(f"per-class results: {files[0]} {files[1]}", flush=True)
     if rank == 0:
         print(f"top1={100 * m['top1']:.4f} top5={100 * m['top5']:.4f} loss={m['loss']:.6f} "
               f"images={images}", flush=True)

@@ -4,6 +4,7 @@ file of another depth or class count with one line naming the first mismatching 
 
 from __future__ import annotations
 
+import csv
 import re
 from pathlib import Path
 
@@ -25,15 +26,47 @@ def _evaluate(checkpoint: Path, *flags: str, env: dict[str, str] | None = None,
     return float(match[1]), float(match[2]), float(match[3]), int(match[4])
 
 
-def test_evaluates_our_checkpoint_to_the_reported_top1(trained: Path) -> None:
+def test_evaluates_our_checkpoint_to_the_reported_top1(trained: Path, tmp_path: Path) -> None:
     summary = read_summary(trained)
     # the run's saved config.yaml as it is: output keys and all
     top1, top5, loss, images = _evaluate(trained / "checkpoint_1.pt", "--config",
-                                         str(trained / "config.yaml"))
+                                         str(trained / "config.yaml"), "--per-class",
+                                         str(tmp_path / "classes"))
     assert images == 64
     assert top1 == pytest.approx(100 * summary["final_top1"], abs=1e-4)
     assert top5 == pytest.approx(100 * summary["final_top5"], abs=1e-4)
     assert loss == pytest.approx(summary["final_val_loss"], rel=1e-5)
+    # --per-class: the classes' images and correct ones add up to the overall figures
+    with open(tmp_path / "classes" / "per_class.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["index"] for r in rows] == [str(i) for i in range(10)]
+    assert sum(int(r["images"]) for r in rows) == images
+    correct = sum(int(r["images"]) * float(r["top1"] or 0) / 100 for r in rows)
+    assert 100 * correct / images == pytest.approx(top1, abs=1e-3)
+    with open(tmp_path / "classes" / "confusion.csv") as fh:
+        table = list(csv.reader(fh))
+    assert table[0][1:] == [r["class"] for r in rows] and len(table) == 11
+    counts = [[int(v) for v in row[1:]] for row in table[1:]]
+    assert sum(map(sum, counts)) == images
+    assert [counts[i][i] for i in range(10)] == [round(int(r["images"]) * float(r["top1"] or 0)
+                                                       / 100) for r in rows]
+    # the run's summary holds the best epoch's per-class top-1: this very evaluation's
+    best = summary["best_per_class"]
+    assert best["epoch"] == 1
+    assert [c["top1"] for c in best["classes"] if c["images"]] == pytest.approx(
+        [float(r["top1"]) for r in rows if int(r["images"])], abs=1e-3)
+    pairs = best["most_confused"]
+    assert pairs and pairs[0]["images"] == max(counts[i][j] for i in range(10)
+                                               for j in range(10) if i != j)
+
+
+def test_per_class_folder_that_is_a_file_is_refused(trained: Path, tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("mine")
+    proc = run_cli(["--checkpoint", str(trained / "checkpoint_1.pt"), "--config",
+                    str(trained / "config.yaml"), "--per-class", str(tmp_path / "taken")],
+                   module="ignite_rn50.evaluate")
+    assert_one_line_error(proc, "--per-class", "is a file")
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 def test_training_only_keys_of_a_config_are_unused(trained: Path, tmp_path: Path) -> None:

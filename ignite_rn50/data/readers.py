@@ -35,6 +35,7 @@ class ImageSet:
     num_classes: int
     mean: tuple[float, float, float] = CIFAR100_MEAN  # the dataset's statistics, 0-255 RGB
     std: tuple[float, float, float] = CIFAR100_STD
+    class_names: tuple[str, ...] | None = None  # by label index, where the dataset names them
 
     def __len__(self) -> int:
         return int(self.labels.numel())

@@ -22,15 +22,24 @@ class RunRecord:
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
+        self.best_per_class: dict[str, Any] | None = None  # outputs/perclass.summary_entry
 
-    def add(self, row: dict[str, Any]) -> None:
-        self.history = [r for r in self.history if r["epoch"] < row["epoch"]] + [row]
+    def add(self, row: dict[str, Any], per_class: dict[str, Any] | None = None) -> None:
+        """``per_class``: the epoch's per-class results, kept while it is the best epoch (the
+        first of equals, as the best checkpoint is)."""
+        earlier = [r for r in self.history if r["epoch"] < row["epoch"]]
+        best = max((r["val_top1"] for r in earlier), default=None)
+        if per_class is not None and (best is None or row["val_top1"] > best):
+            self.best_per_class = per_class
+        self.history = earlier + [row]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(r) for r in self.history]}
+        return {"history": [dict(r) for r in self.history],
+                "best_per_class": self.best_per_class}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = [dict(r) for r in state["history"]]
+        self.best_per_class = state.get("best_per_class")  # older checkpoints have none
 
     @property
     def best_top1(self) -> float | None:

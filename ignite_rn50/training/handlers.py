@@ -22,6 +22,7 @@ from torch import nn
 
 from ignite_rn50.errors import Diverged, NonFiniteLoss
 from ignite_rn50.events import RunEvents
+from ignite_rn50.outputs import perclass
 from ignite_rn50.system import device as dev
 from ignite_rn50.system import distributed
 from ignite_rn50.training.context import RunContext, RunRecord
@@ -261,6 +262,7 @@ class Scoring:
 
     evaluator: Engine
     batches: Iterable
+    class_names: tuple[str, ...] | None = None
 
 
 class EpochEnd:
@@ -297,7 +299,9 @@ class EpochEnd:
                "val_top5": metrics["top5"], "lr": self.epoch_lr(),
                "fps": self.fps.epoch_fps, "data_wait": self.fps.epoch_data_wait,
                "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - eval_started}
-        self.record.add(row)
+        confusion = metrics["confusion"].cpu().tolist()  # one transfer an epoch
+        self.record.add(row, perclass.summary_entry(confusion, self.scoring.class_names,
+                                                    engine.state.epoch))
         engine.state.metrics.update(epoch_loss=row["train_loss"], fps=row["fps"] or 0.0,
                                     data_wait=row["data_wait"] or 0.0, epoch_lr=row["lr"])
         if idist.get_rank() == 0:
@@ -329,5 +333,6 @@ def attach_all(ctx: RunContext, fps: FpsMeter) -> None:
     losses = LossTracker(ctx.rt.device, cfg.print_freq, interval)
     losses.attach(trainer)
     ctx.stop.attach(trainer, every=cfg.print_freq)
-    EpochEnd(ctx.parts.model, Scoring(ctx.evaluator, ctx.data.eval_batches), ctx.record,
+    EpochEnd(ctx.parts.model, Scoring(ctx.evaluator, ctx.data.eval_batches,
+                                                    ctx.data.class_names), ctx.record,
              measures=(losses, fps), epoch_lr=lambda: schedule.epoch_lr).attach(trainer)

@@ -66,7 +66,7 @@ def build_context(cfg: Config, stop: GracefulStop) -> RunContext:
     trainer, step_facts = build_trainer(parts, rt.device, cfg.graph)
     events.register(trainer)
     evaluator = create_evaluator(parts.model, parts.eval_criterion, rt.device, parts.precision,
-                                 parts.memory_format)
+                                 parts.memory_format, num_classes=data.num_classes)
     return RunContext(cfg, rt, data, parts, trainer, evaluator, stop, step_facts)
 
 

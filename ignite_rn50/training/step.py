@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine
-from ignite.metrics import Accuracy, Loss, Metric, TopKCategoricalAccuracy
+from ignite.metrics import Accuracy, ConfusionMatrix, Loss, Metric, TopKCategoricalAccuracy
 from torch import nn
 
 from ignite_rn50.data.mixing import BatchMix
@@ -178,9 +178,13 @@ class Evaluator(Engine):
 
 def create_evaluator(model: nn.Module, criterion: nn.Module, device: torch.device,
                      precision: prec.Precision,
-                     memory_format: torch.memory_format = torch.contiguous_format) -> Engine:
-    """top-1, top-5 and loss, accumulated on the device and all-reduced once at the end."""
+                     memory_format: torch.memory_format = torch.contiguous_format, *,
+                     num_classes: int) -> Engine:
+    """top-1, top-5, loss and the confusion matrix (``metrics["confusion"]``: int64
+    [classes, classes], true class by row; outputs/perclass.py reads it), accumulated on the
+    device and all-reduced once at the end."""
     return Evaluator(EvalStep(model, device, precision, memory_format),
                      {"top1": Accuracy(device=device),
                       "top5": TopKCategoricalAccuracy(k=5, device=device),
-                      "loss": Loss(criterion, device=device)})
+                      "loss": Loss(criterion, device=device),
+                      "confusion": ConfusionMatrix(num_classes, device=device)})

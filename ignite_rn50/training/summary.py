@@ -71,5 +71,6 @@ class RunSummary:
             "step_device": str(self.step_facts.device),
             "step_channels_last": self.step_facts.channels_last,
             "best_checkpoint": str(best) if best else None,
+            "best_per_class": self.record.best_per_class,
             "e2e_seconds": time.perf_counter() - self.started,
             "history": history})

@@ -59,7 +59,7 @@ def test_two_processes_gloo_end_to_end(tmp_path: Path) -> None:
     model.load_state_dict(state)
     test = make_synthetic(101, 10, 8, split_seed=2)
     evaluator = create_evaluator(model, torch.nn.CrossEntropyLoss(), torch.device("cpu"),
-                                 Precision(False, None, "native"))
+                                 Precision(False, None, "native"), num_classes=10)
     evaluator.run(pipelines.device_eval_batches(test, torch.device("cpu"), 16, rank=0,
                                                world_size=1))
     assert evaluator.state.metrics["top1"] == pytest.approx(summary["final_top1"], abs=1e-9)
