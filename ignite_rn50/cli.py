@@ -115,3 +115,11 @@ def existing_file(flag: str, text: str) -> Path:
         why = f" {problem}" if problem else ": no such file"
         raise UserError(f"{flag} {path}{why}; pass an existing checkpoint")
     return path
+
+
+def add_weights_flag(parser: Any) -> None:
+    """--weights for the commands that read a checkpoint (evaluate, export, predict)."""
+    parser.add_argument("--weights", choices=("ema", "raw"), default=None,
+                        help="which weights of a checkpoint: ema = the EMA of a run with "
+                        "--ema-momentum, raw = the trained model (default: ema when the file "
+                        "holds EMA weights, else raw)")

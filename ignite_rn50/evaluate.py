@@ -31,6 +31,7 @@ class EvalJob:
     cfg: Config
     checkpoint: Path
     per_class: Path | None = None  # --per-class: where per_class.csv and confusion.csv go
+    weights: str | None = None  # --weights: ema, raw, or None = ema where the file has it
 
 
 def build_eval_parser() -> argparse.ArgumentParser:
@@ -40,6 +41,7 @@ def build_eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True, help="checkpoint file to evaluate")
     parser.add_argument("--per-class", metavar="DIR", help="also write per_class.csv (class,"
                         "index,images,top1) and confusion.csv (true class by row) into DIR")
+    cli.add_weights_flag(parser)
     return parser
 
 
@@ -48,9 +50,10 @@ def parse(argv: list[str] | None) -> EvalJob:
 
     args = vars(build_eval_parser().parse_args(argv))
     checkpoint, per_class = args.pop("checkpoint"), args.pop("per_class", None)
+    which = args.pop("weights", None)
     cfg = config_from_args(args, fixed=TRAINING_ONLY)
     return EvalJob(cfg, cli.existing_file("--checkpoint", checkpoint),
-                   check_folder(Path(per_class)) if per_class is not None else None)
+                   check_folder(Path(per_class)) if per_class is not None else None, which)
 
 
 def evaluate(local_rank: int, job: EvalJob) -> None:
@@ -114,7 +117,7 @@ def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), 
     cfg = job.cfg
     test = load_test_set(dataset_spec(cfg.dataset), cfg.data, synthetic_sizes(cfg))
     model = build_model(cfg.depth, test.num_classes)
-    weights.load_into(model, job.checkpoint, flag="--checkpoint")
+    weights.load_into(model, job.checkpoint, flag="--checkpoint", weights=job.weights)
     return test, model
 
 
@@ -132,7 +135,8 @@ def launch(job: EvalJob) -> None:
     backend, _ = preflight(cfg, claim_output=False)
     # a file that does not fit stops here, once, before any process starts
     classes = num_classes(dataset_spec(cfg.dataset), synthetic_sizes(cfg))
-    weights.load_into(build_model(cfg.depth, classes), job.checkpoint, flag="--checkpoint")
+    weights.load_into(build_model(cfg.depth, classes), job.checkpoint, flag="--checkpoint",
+                      weights=job.weights)
     distributed.launch(evaluate, job, specs.topology(cfg, backend))
 
 

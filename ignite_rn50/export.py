@@ -47,6 +47,7 @@ class ExportJob:
     aipp: Path | None
     with_preprocess: bool
     verify_data: bool
+    weights: str | None = None  # --weights: ema, raw, or None = ema where the file has it
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,7 @@ def build_export_parser() -> argparse.ArgumentParser:
                           "or mmcls 0.x) to ONNX and check it with onnxruntime.")
     group = parser.add_argument_group("export")
     group.add_argument("--checkpoint", required=True, help="checkpoint file to export")
+    cli.add_weights_flag(group)
     group.add_argument("--output", required=True, help="the .onnx file to write")
     group.add_argument("--opset", type=int, default=11, help="ONNX opset (default: 11, what "
                        "ATC and the ModelZoo export scripts use; 9-17 TorchScript exporter, "
@@ -87,7 +89,7 @@ def parse(argv: list[str] | None) -> ExportJob:
     args = vars(build_export_parser().parse_args(argv))
     job = {name: args.pop(name) for name in ("checkpoint", "output", "opset", "batch",
                                              "dynamic_batch", "names", "softmax", "aipp",
-                                             "with_preprocess", "verify_data")
+                                             "with_preprocess", "verify_data", "weights")
            if name in args}
     cfg = config_from_args(args, fixed={**TRAINING_ONLY, **ONE_CPU_PROCESS})
     checkpoint = cli.existing_file("--checkpoint", job["checkpoint"])
@@ -102,7 +104,8 @@ def parse(argv: list[str] | None) -> ExportJob:
     return ExportJob(cfg, checkpoint, _resolved("--output", job["output"]), opset, batch,
                      job.get("names", "mmcls"), bool(job.get("softmax")),
                      _resolved("--aipp", aipp) if aipp else None,
-                     bool(job.get("with_preprocess")), bool(job.get("verify_data")))
+                     bool(job.get("with_preprocess")), bool(job.get("verify_data")),
+                     job.get("weights"))
 
 
 def _resolved(flag: str, text: str) -> Path:
@@ -123,7 +126,7 @@ def run_export(job: ExportJob) -> None:
 
     onnx.require_packages(job.opset)
     check_outputs(job)
-    test, model = load_test_and_model(EvalJob(job.cfg, job.checkpoint))  # NaN refused
+    test, model = load_test_and_model(EvalJob(job.cfg, job.checkpoint, weights=job.weights))
     module = onnx.ExportModel(model.float().eval(), test.mean, test.std,
                                 job.with_preprocess, job.softmax)
     spec = onnx.GraphSpec(job.opset, job.batch, *NAMES[job.names], job.with_preprocess,

@@ -91,3 +91,20 @@ def standin_env() -> dict[str, str]:
         pytest.skip("../shared/npu-standin is absent")
     build = Path(os.environ.get("FAKENPU_BUILD_DIR", "/tmp/fakenpu-build-tests"))
     return base_env(PYTHONPATH=f"{STANDIN}{os.pathsep}{REPO}", FAKENPU_BUILD_DIR=str(build))
+
+
+@pytest.fixture(scope="session")
+def ema_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny runs with --ema-momentum (2 epochs of 4 steps): ``whole`` uninterrupted,
+    ``resumed`` trained 1 epoch and then resumed to 2 (read them, never write into them)."""
+    root = tmp_path_factory.mktemp("ema")
+    args = [*TINY, "--synthetic-train-size", "64", "--synthetic-test-size", "32",
+            "--batch-size", "16", "--ema-momentum", "0.2",
+            "--clip-grad-norm", "5", "--profile-steps", "2:3"]
+    whole, resumed = root / "whole", root / "resumed"
+    for argv in ([*args, "--output-dir", str(whole)],
+                 [*args, "--epochs", "1", "--output-dir", str(resumed)],
+                 [*args, "--output-dir", str(resumed), "--resume", "auto"]):
+        proc = run_main(argv)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return whole, resumed

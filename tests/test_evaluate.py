@@ -125,3 +125,25 @@ def test_evaluate_and_init_from_on_standin_npu(trained: Path, tmp_path: Path,
                    env=standin_env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert read_summary(out)["step_device"] == "npu:0" and "initialised from" in proc.stdout
+
+
+@pytest.mark.slow
+def test_weights_ema_or_raw_score_as_the_run_did(ema_runs: tuple[Path, Path]) -> None:
+    """A checkpoint of a run with --ema-momentum: the EMA by default (and --weights ema),
+    the trained model with --weights raw; each scores what the run logged for it."""
+    whole, _ = ema_runs
+    last = read_summary(whole)["history"][-1]
+    base = ["--checkpoint", str(whole / "checkpoint_2.pt"), "--config", str(whole / "config.yaml")]
+    for flags, key in (([], "val_ema_top1"), (["--weights", "ema"], "val_ema_top1"),
+                       (["--weights", "raw"], "val_top1")):
+        proc = run_main([*base, *flags], module="ignite_rn50.evaluate")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        match = RESULT.match(proc.stdout.strip().splitlines()[-1])
+        assert match and float(match[1]) == pytest.approx(100 * last[key], abs=1e-4), flags
+    assert last["val_ema_top1"] != last["val_top1"] or last["val_ema_loss"] != last["val_loss"]
+
+
+def test_weights_ema_of_a_file_without_ema_is_refused(trained: Path) -> None:
+    proc = run_main(["--checkpoint", str(trained / "checkpoint_1.pt"), *TINY[:12],
+                     "--weights", "ema"], module="ignite_rn50.evaluate")
+    assert_one_line_error(proc, "--weights ema", "holds no EMA weights", "--weights raw")

@@ -129,6 +129,19 @@ class Config:
                                   "LabelSmoothLoss 'original'; 0 = off)")
     max_iters: int | None = _opt(None, "cap on iterations per epoch (performance runs)")
     seed: int = _opt(0, "random seed (each process uses seed + global rank)")
+    ema_momentum: float | None = _opt(None, "EMA of the weights, ema = (1-M) ema + M w per "
+                                      "step (mmcls EMAHook's momentum, e.g. 2e-4 = timm decay "
+                                      "0.9998); scored as val_ema, picks the best checkpoint",
+                                      shows="off")
+    clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this bound after "
+                                        "unscaling (mmcv grad_clip max_norm, timm --clip-grad)",
+                                        shows="off")
+    accum_steps: int = _opt(1, "micro-batches per optimiser step (the global batch is "
+                            "per-step batch x processes x N; iterations count steps)")
+    deterministic: bool = _opt(False, "deterministic algorithms (cudnn, torch, HCCL)",
+                               group="device")
+    sync_bn: bool = _opt(False, "SyncBatchNorm over all processes (needs several)",
+                         group="distributed")
 
     # --- output, checkpoints, logging -----------------------------------------------------
     output_dir: str = _opt("runs/resnet50_cifar100", "where checkpoints, logs, summary.json "
@@ -146,6 +159,8 @@ class Config:
                                         "replaces it)", group="output", shows="only at epoch "
                                         "ends")
     print_freq: int = _opt(50, "log one line every N iterations", group="output")
+    profile_steps: str | None = _opt(None, "profile training iterations A:B into "
+                                     "<output-dir>/profile", group="output", shows="off")
     progress_bar: str = _opt("auto", "tqdm progress bar; auto = when stderr is a terminal",
                              choices=("auto", "on", "off"), group="output")
     loggers: list[str] = _opt(list(TRACKERS), "experiment loggers: any of "
@@ -240,6 +255,7 @@ def validate(cfg: Config) -> None:
               f"{flag(name)} must be one of {', '.join(str(c) for c in choices or ())}, "
               f"got {value!r}")
     _validate_optimisation(cfg, _need)
+    _validate_trainer_options(cfg, _need)
     _validate_job(cfg, _need)
     _validate_data(cfg, _need)
 
@@ -281,6 +297,39 @@ def _validate_mixing(cfg: Config, need: Need) -> None:
          f"sum to at most 1, got {' + '.join(f'{p:g}' for p in probs)}")
     need(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got "
          f"{cfg.label_smoothing}")
+
+
+def profile_range(text: str) -> tuple[int, int]:
+    """--profile-steps A:B as (A, B), 1 <= A <= B; a UserError names the fix otherwise."""
+    first, sep, last = text.partition(":")
+    try:
+        a, b = int(first), int(last)
+    except ValueError:
+        a = b = 0
+    if not sep or not 1 <= a <= b:
+        raise UserError(f"--profile-steps must be A:B with 1 <= A <= B (training iterations, "
+                        f"e.g. 10:15), got {text!r}")
+    return a, b
+
+
+def _validate_trainer_options(cfg: Config, need: Need) -> None:
+    """EMA, clipping, accumulation and profiling (issue 27's options)."""
+    need(cfg.ema_momentum is None or 0 < cfg.ema_momentum < 1,
+         f"--ema-momentum must be in (0, 1) (mmcls's convention: 0.0002 is timm's decay "
+         f"0.9998), got {cfg.ema_momentum}")
+    need(cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
+         f"--clip-grad-norm must be positive, got {cfg.clip_grad_norm}")
+    need(cfg.accum_steps >= 1, f"--accum-steps must be >= 1, got {cfg.accum_steps}")
+    share = cfg.batch_size // cfg.processes
+    need(share % cfg.accum_steps == 0, f"--batch-size {cfg.batch_size} gives {share} images "
+         f"per process, which {cfg.accum_steps} micro-batches (--accum-steps) do not divide; "
+         f"use a multiple of {cfg.processes * cfg.accum_steps}")
+    for name, used in (("accum_steps", cfg.accum_steps > 1),
+                       ("clip_grad_norm", cfg.clip_grad_norm is not None)):
+        need(not (cfg.graph and used), f"--graph captures one plain step; {flag(name)} is not "
+             f"captured: drop {flag(name)} or --graph")
+    if cfg.profile_steps is not None:
+        profile_range(cfg.profile_steps)
 
 
 def _validate_job(cfg: Config, need: Need) -> None:

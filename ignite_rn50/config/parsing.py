@@ -170,7 +170,8 @@ def make_config(values: dict[str, Any]) -> Config:
 # What only concerns training, set aside by the commands that read a checkpoint (evaluate,
 # export) so that a run's config.yaml applies to them as it is.
 TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": False,
-                 "amp_backend": "native", "download": False}
+                 "amp_backend": "native", "download": False, "sync_bn": False,
+                 "accum_steps": 1, "profile_steps": None}
 
 
 def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None) -> Config:

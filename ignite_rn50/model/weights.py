@@ -20,8 +20,11 @@ from ignite_rn50.errors import UserError
 MMCLS_PREFIXES = (("backbone.", ""), ("head.fc.", "fc."))
 
 
-def read_state_dict(path: Path, flag: str) -> tuple[dict[str, torch.Tensor], str]:
-    """(state dict in our key names, layout name) from any supported file."""
+def read_state_dict(path: Path, flag: str, weights: str | None = "raw"
+                    ) -> tuple[dict[str, torch.Tensor], str]:
+    """(state dict in our key names, layout name) from any supported file. ``weights``
+    (--weights): ``raw`` the trained model, ``ema`` the EMA of a run with --ema-momentum
+    (its ``ema_model``), None the EMA where the file has one, else the model."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -31,6 +34,12 @@ def read_state_dict(path: Path, flag: str) -> tuple[dict[str, torch.Tensor], str
         raise UserError(f"{flag} {path} is not a checkpoint that loads with weights_only=True "
                         f"({type(exc).__name__}{': ' + first if first else ''}); pass one of "
                         "this trainer's or an mmcls 0.x .pth") from None
+    has_ema = isinstance(blob, dict) and isinstance(blob.get("ema_model"), dict)
+    if weights == "ema" and not has_ema:
+        raise UserError(f"--weights ema: {path} holds no EMA weights (a run without "
+                        "--ema-momentum, or not this trainer's file); pass --weights raw")
+    if has_ema and weights != "raw":
+        return dict(blob["ema_model"]), "ignite_rn50 EMA"
     if isinstance(blob, dict) and isinstance(blob.get("model"), dict):
         return dict(blob["model"]), "ignite_rn50"
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
@@ -83,11 +92,11 @@ def first_nonfinite(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def load_into(model: nn.Module, path: Path, flag: str) -> str:
+def load_into(model: nn.Module, path: Path, flag: str, weights: str | None = "raw") -> str:
     """Copy the file's weights into ``model`` (cast to its dtypes); returns the layout name.
     A file of another depth or class count is one UserError naming the first mismatch, a
     file holding NaN/inf one naming the first such tensor."""
-    state, layout = read_state_dict(path, flag)
+    state, layout = read_state_dict(path, flag, weights)
     problem = first_mismatch(model, state)
     if problem is not None:
         raise UserError(f"{flag} {path} ({layout} layout) does not fit this model: {problem}; "

@@ -225,10 +225,12 @@ class Tracking:
             tracker.close(out, best_checkpoint)
 
 
-def start(names: list[str], ctx: TrackerContext, trainer: Engine, evaluator: Engine
+def start(names: list[str], ctx: TrackerContext, trainer: Engine, evaluator: Engine,
+          ema_evaluator: Engine | None = None, iter_metrics: list[str] | None = None
           ) -> Tracking:
     """Start the named trackers (rank 0 calls this) and attach their output handlers to the
-    run's events: the logged iterations, the evaluated epochs, and the evaluator's result."""
+    run's events: the logged iterations, the evaluated epochs, and the evaluator's result
+    (and the EMA's, ``val_ema``, with --ema-momentum)."""
     from ignite.engine import Events
 
     from ignite_rn50.events import RunEvents
@@ -239,13 +241,16 @@ def start(names: list[str], ctx: TrackerContext, trainer: Engine, evaluator: Eng
     for tracker in tracking.trackers:
         logger = tracker.logger
         logger.attach_output_handler(trainer, RunEvents.ITERATION_LOGGED, tag="train",
-                                     metric_names=ITER_METRICS,
+                                     metric_names=iter_metrics or ITER_METRICS,
                                      global_step_transform=lambda *_: trainer.state.iteration)
         logger.attach_output_handler(trainer, RunEvents.EPOCH_EVALUATED, tag="epoch",
                                      metric_names=EPOCH_METRICS, global_step_transform=epoch)
         # the evaluator's metrics complete before any handler attached after its creation
         logger.attach_output_handler(evaluator, Events.COMPLETED, tag="val",
                                      metric_names=VAL_METRICS, global_step_transform=epoch)
+        if ema_evaluator is not None:
+            logger.attach_output_handler(ema_evaluator, Events.COMPLETED, tag="val_ema",
+                                         metric_names=VAL_METRICS, global_step_transform=epoch)
     return tracking
 
 

@@ -138,15 +138,31 @@ def current_device(device_type: str) -> torch.device:
     return torch.device(device_type, _module(device_type).current_device())
 
 
-def configure_backends(device: torch.device, local_processes: int) -> None:
-    """Per-device speed switches that do not change results beyond float rounding."""
+def configure_backends(device: torch.device, local_processes: int,
+                       deterministic: bool = False) -> None:
+    """Per-device speed switches that do not change results beyond float rounding; with
+    ``deterministic`` (--deterministic) the reproducible choices instead."""
     if device.type == "cpu" and local_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         # N processes x all cores each would oversubscribe the CPU many times over
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if deterministic:
+        deterministic_environment()
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        # warn_only: an op without a deterministic kernel warns instead of stopping the run
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def deterministic_environment() -> None:
+    """--deterministic's variables, set before any process group or library reads them (and
+    inherited by spawned ranks): cuBLAS's fixed workspace, HCCL's fixed reduction order
+    (CANN >= 8.0; on NPU torch_npu also follows use_deterministic_algorithms)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    os.environ.setdefault("HCCL_DETERMINISTIC", "true")
 
 
 def free_memory(device: torch.device) -> int | None:
@@ -263,3 +279,64 @@ def graph_api(device: torch.device, precision: Precision | None = None) -> Graph
                         "scaler reads its overflow flag on the host there); pass --no-amp or "
                         "--amp-dtype bfloat16, or drop --graph")
     return GraphApi(graph_cls, mod.graph, mod.Stream, mod.stream, mod.current_stream)
+
+
+# --- SyncBatchNorm and the profiler -----------------------------------------------------------
+
+def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """--sync-bn: torch's conversion (NCCL on cuda, HCCL on npu); on cpu (gloo) its layers
+    become ``HostSyncBatchNorm``, since torch's SyncBatchNorm refuses host tensors."""
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if device.type == "cpu":
+        for module in model.modules():
+            if type(module) is torch.nn.SyncBatchNorm:
+                module.__class__ = HostSyncBatchNorm
+    return model
+
+
+class HostSyncBatchNorm(torch.nn.SyncBatchNorm):
+    """SyncBatchNorm for host tensors. Ours because torch's raises for cpu input (its
+    batch_norm_stats/gather kernels are GPU-only): the batch statistics of all ranks come
+    from one autograd-aware all-reduce of per-channel sums (its backward all-reduces the
+    gradients, as torch's SyncBatchNorm does); the running statistics update as BN's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+        from torch.distributed.nn import functional as dist_fn
+
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        c, dims = x.size(1), [0, *range(2, x.dim())]
+        count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
+        stats = dist_fn.all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]),
+                                   group=self.process_group or dist.group.WORLD)
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else \
+                    1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+                self.running_var.mul_(1 - m).add_(var * n / (n - 1), alpha=m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def profiler(device: torch.device, folder: Path, worker: str) -> Any:
+    """--profile-steps: torch.profiler (torch_npu.profiler on npu), its trace written into
+    ``folder`` by the tensorboard_trace_handler (TensorBoard's profiler plugin and Perfetto
+    read it). Returns the unstarted profile (``start``/``stop``)."""
+    if device.type == "npu":
+        prof = import_torch_npu().profiler
+        activities = [prof.ProfilerActivity.CPU, prof.ProfilerActivity.NPU]
+    else:
+        prof = torch.profiler
+        activities = [prof.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(prof.ProfilerActivity.CUDA)
+    return prof.profile(activities=activities, record_shapes=True,
+                        on_trace_ready=prof.tensorboard_trace_handler(str(folder),
+                                                                      worker_name=worker))

@@ -135,6 +135,49 @@ class Amp:
             loss.backward()
             optimizer.step()
 
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                 last: bool = True) -> None:
+        """One micro-batch's backward (--accum-steps): gradients add up until ``step``;
+        apex unscales only after the last (its ``delay_unscale``)."""
+        if self.precision.backend == "apex":
+            apex_backward(loss, optimizer, delay_unscale=not last)
+        elif self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer,
+             clip: float | None = None) -> torch.Tensor | None:
+        """The optimiser step after ``backward``, the gradients first clipped to norm ``clip``
+        (true gradients: unscaled by GradScaler, apex's fp32 master gradients under apex).
+        Returns the norm before clipping as a device tensor (no host read), or None. An
+        overflowing step of GradScaler is still skipped: its unscale_ records the overflow."""
+        norm = None
+        if self.precision.backend == "apex":
+            if clip is not None:
+                norm = _clip(_import_apex().amp.master_params(optimizer), clip)
+            optimizer.step()
+        elif self.scaler is not None:
+            if clip is not None:
+                self.scaler.unscale_(optimizer)
+                norm = _clip(_params(optimizer), clip)
+            self.scaler.step(optimizer)
+            update_scaler(self.scaler, self.precision)
+        else:
+            if clip is not None:
+                norm = _clip(_params(optimizer), clip)
+            optimizer.step()
+        return norm
+
+
+def _params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _clip(params: Any, max_norm: float) -> torch.Tensor:
+    """torch's clip_grad_norm_, foreach where the device has it: no host sync."""
+    return torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+
 
 # --- optimiser and apex -----------------------------------------------------------------------
 
@@ -194,9 +237,10 @@ def apex_initialize(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     return amp.initialize(model, optimizer, **kwargs)
 
 
-def apex_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+def apex_backward(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                  delay_unscale: bool = False) -> None:
     amp = _import_apex().amp
-    with amp.scale_loss(loss, optimizer) as scaled:
+    with amp.scale_loss(loss, optimizer, delay_unscale=delay_unscale) as scaled:
         scaled.backward()
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,9 +22,22 @@ from ignite_rn50.system import device as dev
 from ignite_rn50.system import distributed
 from ignite_rn50.system import precision as prec
 from ignite_rn50.training.dataflow import Dataflow
+from ignite_rn50.training.ema import Ema
 from ignite_rn50.training.runtime import Runtime
 
 log = logging.getLogger("ignite_rn50")
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """--accum-steps and --clip-grad-norm (both off: the plain ``Update``)."""
+
+    accum_steps: int = 1
+    clip_grad_norm: float | None = None
+
+    @property
+    def plain(self) -> bool:
+        return self.accum_steps == 1 and self.clip_grad_norm is None
 
 
 @dataclass
@@ -41,6 +55,8 @@ class Parts:
     precision: prec.Precision
     memory_format: torch.memory_format
     mix: BatchMix | None = None  # mixup/cutmix of the training batches, when the recipe has it
+    step: StepOptions = StepOptions()  # accumulation and clipping
+    ema: Any = None  # training.ema.Ema when --ema-momentum is set
 
 
 def build_parts(cfg: Config, rt: Runtime, data: Dataflow) -> Parts:
@@ -55,6 +71,8 @@ def build_parts(cfg: Config, rt: Runtime, data: Dataflow) -> Parts:
             log.info("initialised from %s (%s layout; optimizer, schedule and epochs start "
                      "fresh)", cfg.init_from, layout)
     model = model.to(rt.device, memory_format=memory_format)
+    if cfg.sync_bn:  # before the optimiser and DDP: the converted layers keep the parameters
+        model = dev.convert_sync_batchnorm(model, rt.device)
     optimizer = prec.make_optimizer(model.parameters(), rt.device, rt.precision,
                                     prec.Sgd(cfg.lr, cfg.momentum, cfg.weight_decay,
                                              cfg.nesterov))
@@ -65,6 +83,7 @@ def build_parts(cfg: Config, rt: Runtime, data: Dataflow) -> Parts:
         net = dev.compile_model(net, rt.device)
     schedule = LrSchedule(optimizer, specs.schedule_spec(cfg, len(data.train)))
     mixing = specs.mix_spec(cfg)
+    ema = Ema(model, cfg.ema_momentum) if cfg.ema_momentum is not None else None
     return Parts(model=model, net=net, optimizer=optimizer,
                  scaler=prec.make_grad_scaler(rt.device, rt.precision),
                  criterion=nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing).to(rt.device),
@@ -72,4 +91,5 @@ def build_parts(cfg: Config, rt: Runtime, data: Dataflow) -> Parts:
                  precision=rt.precision, memory_format=memory_format,
                  mix=BatchMix(mixing, data.num_classes, rt.device, stream=(cfg.seed, rt.rank),
                               batch_size=data.batch_per_process)
-                 if mixing.enabled else None)
+                 if mixing.enabled else None,
+                 step=StepOptions(cfg.accum_steps, cfg.clip_grad_norm), ema=ema)

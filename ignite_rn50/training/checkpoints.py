@@ -231,7 +231,8 @@ def restore(to_load: dict[str, Any], state: dict[str, Any], path: Path) -> None:
     missing = [k for k in to_load if k not in state]
     if missing:
         raise UserError(f"--resume {path} lacks {', '.join(missing)}: it was not written by "
-                        "this trainer with these options (amp, apex); pass another checkpoint")
+                        "this trainer with these options (amp, apex, --ema-momentum); pass "
+                        "another checkpoint")
     if "identity" in to_load:
         to_load["identity"].load_state_dict(state["identity"])
     try:
@@ -256,7 +257,9 @@ def setup_checkpoints(ctx: RunContext) -> Checkpoints:
         to_save["scaler"] = parts.scaler
     if parts.precision.backend == "apex":
         to_save["amp"] = prec.apex_state()
-    evaluator = ctx.evaluator
+    if parts.ema is not None:  # evaluate/export/predict take it (--weights ema)
+        to_save["ema_model"] = parts.ema.ema_model
+    evaluator = ctx.ema_evaluator or ctx.evaluator  # with EMA, the best is the EMA's
     return Checkpoints(to_save, ctx.rt.out, ctx.cfg.keep_checkpoints,
                        top1=lambda: evaluator.state.metrics["top1"])
 

@@ -4,12 +4,14 @@ parameters. Built once by ``process.build_context``; nothing here does any work.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from ignite.engine import Engine
 
 from ignite_rn50.config.declaration import Config
+from ignite_rn50.model.flops import flops_per_image
 from ignite_rn50.system.signals import GracefulStop
 from ignite_rn50.training.assembly import Parts
 from ignite_rn50.training.dataflow import Dataflow
@@ -60,6 +62,12 @@ class RunContext:
     stop: GracefulStop
     step_facts: StepFacts = field(default_factory=StepFacts)
     record: RunRecord = field(default_factory=RunRecord)
+    ema_evaluator: Engine | None = None  # --ema-momentum: scores the average
+
+    @functools.cached_property
+    def flops_per_image(self) -> int:
+        """FLOPs (2 per multiply-add) of one image's forward: the log's start, summary.json."""
+        return flops_per_image(self.cfg.depth, self.data.num_classes, self.data.image_size)
 
     @property
     def epoch_length(self) -> int:

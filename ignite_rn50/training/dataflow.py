@@ -29,6 +29,7 @@ class Dataflow:
     batch_per_process: int
     kind: str  # "device" or "torchvision"
     class_names: tuple[str, ...] | None = None  # the dataset's, where it names them
+    image_size: int = 32  # the side of the images (FLOPs per image)
 
 
 def download_once_per_job(cfg: Config, *, launched_externally: bool) -> None:
@@ -80,4 +81,5 @@ def build_dataflow(cfg: Config, device: torch.device, *, launched_externally: bo
     except ValueError as exc:
         raise UserError(f"{exc}; lower --batch-size or use more data") from None
     return Dataflow(train, evals, test_set.num_classes, batch,
-                    "device" if on_device else "torchvision", test_set.class_names)
+                    "device" if on_device else "torchvision", test_set.class_names,
+                    image_size=test_set.image_size)

@@ -211,6 +211,7 @@ class IntervalLog:
         self.lr, self.images_per_step, self.epochs = lr, images_per_step, epochs
         self.loss_file = loss_file if idist.get_rank() == 0 else None
         self._time, self._iteration = time.perf_counter(), resumed_at
+        self.grad_norm: Callable[[], torch.Tensor | None] | None = None  # --clip-grad-norm
         if self.loss_file is not None:
             self._keep_rows_up_to(resumed_at)
 
@@ -233,14 +234,19 @@ class IntervalLog:
         self._time, self._iteration = now, state.iteration
         lr = self.lr()
         state.metrics.update(loss=loss, lr=lr)
+        norm = self.grad_norm() if self.grad_norm is not None else None
+        if norm is not None:  # read here only: at the --print-freq points
+            state.metrics["grad_norm"] = float(norm)
         if idist.get_rank() == 0:
             self._write(state, loss, lr, rate)
         engine.fire_event(RunEvents.ITERATION_LOGGED)
 
     def _write(self, state: Any, loss: float, lr: float, rate: float) -> None:
         step = (state.iteration - 1) % state.epoch_length + 1
-        log.info("Epoch [%d/%d] Iter [%d/%d] loss %.4f lr %.6f %.1f img/s", state.epoch,
-                 self.epochs, step, state.epoch_length, loss, lr, rate)
+        norm = state.metrics.get("grad_norm") if self.grad_norm is not None else None
+        log.info("Epoch [%d/%d] Iter [%d/%d] loss %.4f lr %.6f %.1f img/s%s", state.epoch,
+                 self.epochs, step, state.epoch_length, loss, lr, rate,
+                 "" if norm is None else f" grad_norm {norm:.4f}")
         if self.loss_file is not None:
             with self.loss_file.open("a") as fh:
                 fh.write(f"{state.iteration},{state.epoch},{loss:.6f},{lr:.8g}\n")
@@ -263,6 +269,7 @@ class Scoring:
     evaluator: Engine
     batches: Iterable
     class_names: tuple[str, ...] | None = None
+    ema_evaluator: Engine | None = None  # --ema-momentum: the average scored too (val_ema)
 
 
 class EpochEnd:
@@ -300,6 +307,11 @@ class EpochEnd:
                "fps": self.fps.epoch_fps, "data_wait": self.fps.epoch_data_wait,
                "train_seconds": train_seconds, "eval_seconds": time.perf_counter() - eval_started}
         confusion = metrics["confusion"].cpu().tolist()  # one transfer an epoch
+        if self.scoring.ema_evaluator is not None:  # BN statistics: the model's (copied)
+            self.scoring.ema_evaluator.run(self.scoring.batches)
+            ema = self.scoring.ema_evaluator.state.metrics
+            row.update(val_ema_loss=ema["loss"], val_ema_top1=ema["top1"],
+                       val_ema_top5=ema["top5"])
         self.record.add(row, perclass.summary_entry(confusion, self.scoring.class_names,
                                                     engine.state.epoch))
         engine.state.metrics.update(epoch_loss=row["train_loss"], fps=row["fps"] or 0.0,
@@ -316,6 +328,10 @@ def log_epoch(row: dict[str, Any], epochs: int) -> None:
              100 * row["val_top1"], 100 * row["val_top5"],
              f"{row['fps']:.1f}" if row["fps"] else "n/a",
              f"{100 * row['data_wait']:.1f}%" if row["data_wait"] is not None else "n/a")
+    if "val_ema_top1" in row:
+        log.info("Epoch [%d/%d] EMA: val loss %.4f top-1 %.2f%% top-5 %.2f%%", row["epoch"],
+                 epochs, row["val_ema_loss"], 100 * row["val_ema_top1"],
+                 100 * row["val_ema_top5"])
 
 
 def attach_all(ctx: RunContext, fps: FpsMeter) -> None:
@@ -330,9 +346,13 @@ def attach_all(ctx: RunContext, fps: FpsMeter) -> None:
     interval = IntervalLog(lambda: schedule.lr, ctx.global_batch, cfg.epochs,
                            ctx.rt.out / "train_loss.csv", resumed_at=trainer.state.iteration)
     interval.attach(trainer)
+    if ctx.parts.step.clip_grad_norm is not None:
+        interval.grad_norm = lambda: ctx.step_facts.grad_norm
+    if ctx.parts.ema is not None:  # after each step, outside a --graph capture
+        ctx.parts.ema.attach(trainer, warn_if_exists=False)
     losses = LossTracker(ctx.rt.device, cfg.print_freq, interval)
     losses.attach(trainer)
     ctx.stop.attach(trainer, every=cfg.print_freq)
     EpochEnd(ctx.parts.model, Scoring(ctx.evaluator, ctx.data.eval_batches,
-                                                    ctx.data.class_names), ctx.record,
+                                      ctx.data.class_names, ctx.ema_evaluator), ctx.record,
              measures=(losses, fps), epoch_lr=lambda: schedule.epoch_lr).attach(trainer)

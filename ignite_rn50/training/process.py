@@ -16,7 +16,7 @@ import ignite.distributed as idist
 import yaml
 
 from ignite_rn50 import events
-from ignite_rn50.config.declaration import Config
+from ignite_rn50.config.declaration import Config, profile_range
 from ignite_rn50.config.parsing import save_config
 from ignite_rn50.errors import Diverged, OutOfSpace
 from ignite_rn50.model.resnet import count_parameters
@@ -29,6 +29,7 @@ from ignite_rn50.training.assembly import build_parts
 from ignite_rn50.training.checkpoints import Checkpoints
 from ignite_rn50.training.context import RunContext
 from ignite_rn50.training.dataflow import build_dataflow
+from ignite_rn50.training.profiling import StepProfiler
 from ignite_rn50.training.runtime import setup_process
 from ignite_rn50.training.step import build_trainer, create_evaluator
 
@@ -67,7 +68,11 @@ def build_context(cfg: Config, stop: GracefulStop) -> RunContext:
     events.register(trainer)
     evaluator = create_evaluator(parts.model, parts.eval_criterion, rt.device, parts.precision,
                                  parts.memory_format, num_classes=data.num_classes)
-    return RunContext(cfg, rt, data, parts, trainer, evaluator, stop, step_facts)
+    ema_evaluator = None if parts.ema is None else create_evaluator(
+        parts.ema.ema_model, parts.eval_criterion, rt.device, parts.precision,
+        parts.memory_format, num_classes=data.num_classes)
+    return RunContext(cfg, rt, data, parts, trainer, evaluator, stop, step_facts,
+                      ema_evaluator=ema_evaluator)
 
 
 @dataclass
@@ -84,6 +89,9 @@ def attach_outputs(ctx: RunContext, saves: Checkpoints) -> Outputs:
     events.py): checkpoints, summary.json and the trackers."""
     fps = handlers.FpsMeter(ctx.rt.device)
     handlers.attach_all(ctx, fps)
+    if ctx.cfg.profile_steps is not None and ctx.rt.is_main:
+        StepProfiler(ctx.rt.device, ctx.rt.out / "profile",
+                     profile_range(ctx.cfg.profile_steps)).attach(ctx.trainer)
     saves.attach(ctx.trainer, ctx.cfg.save_every_iters)
     run_summary = summary.RunSummary.attach(ctx, lambda: fps.fps, lambda: saves.best_path)
     return Outputs(saves, run_summary, start_trackers(ctx))
@@ -99,7 +107,10 @@ def start_trackers(ctx: RunContext) -> trackers.Tracking:
         clearml={"mode": cfg.clearml_mode, "project": cfg.clearml_project,
                  "task": cfg.clearml_task, "tags": cfg.clearml_tags},
         gpu_monitor=dev.gpu_monitor_works(ctx.rt.device))
-    return trackers.start(cfg.loggers, where, ctx.trainer, ctx.evaluator)
+    return trackers.start(cfg.loggers, where, ctx.trainer, ctx.evaluator,
+                          ema_evaluator=ctx.ema_evaluator,
+                          iter_metrics=trackers.ITER_METRICS + (
+                              ["grad_norm"] if cfg.clip_grad_norm is not None else []))
 
 
 def log_start(ctx: RunContext) -> None:
@@ -112,12 +123,35 @@ def log_start(ctx: RunContext) -> None:
                  "%d iterations/epoch, %s pipeline", cfg.depth, params / 1e6,
                  ctx.rt.device, ctx.rt.processes, ctx.global_batch, ctx.epoch_length,
                  ctx.data.kind)
+    flops = ctx.flops_per_image
+    log.info("model: %.2fM parameters, %.3f GMACs = %.3f GFLOPs per %dx%d image "
+             "(torch.utils.flop_counter)", count_parameters(ctx.parts.model) / 1e6,
+             flops / 2e9, flops / 1e9, ctx.data.image_size, ctx.data.image_size)
+    log_trainer_options(ctx)
     if ctx.parts.mix is not None or cfg.label_smoothing:
         log.info("training batches mixed: %s; label smoothing %g. The training loss is against "
                  "these mixed, smoothed targets (no training accuracy is reported); top-1 and "
                  "top-5 are measured on the unmixed test split",
                  ctx.parts.mix.spec.describe() if ctx.parts.mix else "none",
                  cfg.label_smoothing)
+
+
+def log_trainer_options(ctx: RunContext) -> None:
+    """What --accum-steps, --clip-grad-norm, --ema-momentum and --sync-bn do in this run."""
+    cfg = ctx.cfg
+    if cfg.accum_steps > 1:
+        log.info("gradient accumulation: %d micro-batches of %d per process per optimiser "
+                 "step; an iteration is one optimiser step of %d images", cfg.accum_steps,
+                 ctx.data.batch_per_process // cfg.accum_steps, ctx.global_batch)
+    if cfg.clip_grad_norm is not None:
+        log.info("gradient norm clipped to %g (the norm before clipping is logged as "
+                 "grad_norm)", cfg.clip_grad_norm)
+    if cfg.ema_momentum is not None:
+        log.info("EMA of the weights, momentum %g (timm decay %g): scored as val_ema; the best "
+                 "checkpoint is chosen by the EMA's top-1", cfg.ema_momentum,
+                 1 - cfg.ema_momentum)
+    if cfg.sync_bn:
+        log.info("SyncBatchNorm: BN statistics over all %d processes", ctx.rt.processes)
 
 
 def run_until_done(ctx: RunContext, outputs: Outputs) -> None:

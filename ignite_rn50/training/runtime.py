@@ -70,6 +70,11 @@ def preflight(cfg: Config, claim_output: bool = True
                             "the host: pass --amp-backend native or drop --graph")
     if cfg.compile:
         dev.compile_backend_available(device_type)
+    if cfg.sync_bn and not multi:
+        raise UserError("--sync-bn synchronises BatchNorm over several processes; this job "
+                        "has one: pass --nproc 2 or more, or drop --sync-bn")
+    if cfg.deterministic:
+        dev.deterministic_environment()  # before any rank starts or a library reads it
     if not external:
         download_once_per_job(cfg, launched_externally=False)  # before any rank reads it
     spec = dataset_spec(cfg.dataset)
@@ -88,7 +93,7 @@ def preflight(cfg: Config, claim_output: bool = True
 def open_device(cfg: Config) -> torch.device:
     """This process's device, its backends configured (training, evaluate and export)."""
     device = dev.process_device(dev.resolve_device_type(cfg.device), cfg.gpu_id)
-    dev.configure_backends(device, idist.get_nproc_per_node())
+    dev.configure_backends(device, idist.get_nproc_per_node(), cfg.deterministic)
     return device
 
 
@@ -108,5 +113,6 @@ def setup_process(cfg: Config) -> Runtime:
                                 idist.backend() if world > 1 else None)
     if rank == 0:
         logs.log_environment(env)
-        logs.log.info("precision: %s", precision.explain())
+        logs.log.info("precision: %s%s", precision.explain(),
+                      "; deterministic algorithms (--deterministic)" if cfg.deterministic else "")
     return Runtime(rank, world, device, precision, out, env, started)

@@ -8,6 +8,7 @@ returns the loss as a device tensor, so no host sync happens per step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -20,7 +21,7 @@ from torch import nn
 from ignite_rn50.data.mixing import BatchMix
 from ignite_rn50.system import device as dev
 from ignite_rn50.system import precision as prec
-from ignite_rn50.training.assembly import Parts
+from ignite_rn50.training.assembly import Parts, StepOptions
 from ignite_rn50.training.graph import GraphedStep, StepBody
 
 log = logging.getLogger("ignite_rn50")
@@ -53,6 +54,42 @@ class Update:
         return loss.detach(), logits
 
 
+def no_sync(net: nn.Module) -> contextlib.AbstractContextManager:
+    """DDP's no_sync (under torch.compile's wrapper too); nothing for a bare model."""
+    ddp = getattr(net, "_orig_mod", net)
+    return ddp.no_sync() if hasattr(ddp, "no_sync") else contextlib.nullcontext()
+
+
+class AccumulatingUpdate:
+    """``Update`` in micro-batches (--accum-steps) and/or with clipping (--clip-grad-norm):
+    each micro-batch's loss is weighted by its share of the batch, so the summed gradients
+    are those of the whole batch's mean loss (a last partial batch included); DDP
+    all-reduces only in the last backward. Then one optimiser step; the gradient norm stays
+    on the device in ``facts.grad_norm`` (read at the --print-freq points only)."""
+
+    def __init__(self, update: Update, options: StepOptions, facts: StepFacts) -> None:
+        self.update, self.options, self.facts = update, options, facts
+
+    def __call__(self, images: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        u, n = self.update, self.options.accum_steps
+        chunks = [(x, y) for x, y in zip(images.tensor_split(n), targets.tensor_split(n),
+                                         strict=True) if len(y)]
+        total, loss_sum = len(targets), None
+        for i, (x, y) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            with contextlib.nullcontext() if last else no_sync(u.model):
+                with u.amp.autocast(u.autocast_cache):
+                    logits = u.model(x)
+                    loss = u.criterion(logits, y)
+                weighted = loss * (len(y) / total) if len(chunks) > 1 else loss
+                u.amp.backward(weighted, u.optimizer, last=last)
+            loss_sum = weighted.detach() if loss_sum is None else loss_sum + weighted.detach()
+        self.facts.grad_norm = u.amp.step(u.optimizer, self.options.clip_grad_norm)
+        assert loss_sum is not None
+        return loss_sum, logits
+
+
 class Inputs:
     """A training batch onto the device in the model's layout, then mixed (mixup/cutmix)
     when the recipe mixes: all on the device, drawn per epoch (mixing.py)."""
@@ -74,9 +111,9 @@ class TrainStep:
     captured graph when ``update`` is a GraphedStep)."""
 
     def __init__(self, model: nn.Module, update: StepBody, inputs: Inputs,
-                 zero_grad: Callable[[], None] | None) -> None:
+                 zero_grad: Callable[[], None] | None, facts: StepFacts | None = None) -> None:
         self.model, self.update, self.inputs, self.zero_grad = model, update, inputs, zero_grad
-        self.facts = StepFacts()
+        self.facts = facts or StepFacts()
 
     def __call__(self, engine: Engine, batch: Batch) -> torch.Tensor:
         self.model.train()
@@ -89,10 +126,14 @@ class TrainStep:
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module,
-                    amp: prec.Amp, inputs: Inputs | None = None) -> TrainStep:
-    update = Update(model, optimizer, criterion, amp)
+                    amp: prec.Amp, inputs: Inputs | None = None,
+                    options: StepOptions | None = None) -> TrainStep:
+    update: StepBody = Update(model, optimizer, criterion, amp)
+    facts = StepFacts()
+    if options is not None and not options.plain:
+        update = AccumulatingUpdate(update, options, facts)
     return TrainStep(model, update, inputs or Inputs(amp.device),
-                     lambda: optimizer.zero_grad(set_to_none=True))
+                     lambda: optimizer.zero_grad(set_to_none=True), facts)
 
 
 def make_graphed_train_step(parts: Parts, device: torch.device,
@@ -112,7 +153,7 @@ def build_trainer(parts: Parts, device: torch.device, graph: bool) -> tuple[Engi
     else:
         step = make_train_step(parts.net, parts.optimizer, parts.criterion,
                                prec.Amp(device, parts.precision, parts.scaler),
-                               Inputs(device, parts.memory_format, parts.mix))
+                               Inputs(device, parts.memory_format, parts.mix), parts.step)
     return create_trainer(step), step.facts
 
 
@@ -124,6 +165,7 @@ class StepFacts:
     dtype: torch.dtype | None = None
     device: torch.device | None = None
     channels_last: bool | None = None
+    grad_norm: torch.Tensor | None = None  # the last step's, before clipping (on the device)
 
     def record(self, logits: torch.Tensor, images: torch.Tensor) -> None:
         self.dtype, self.device = logits.dtype, logits.device

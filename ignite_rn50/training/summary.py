@@ -29,7 +29,13 @@ def summary_facts(ctx: RunContext) -> dict[str, Any]:
             "optimizer": type(parts.optimizer).__name__, "depth": cfg.depth,
             "dataset": cfg.dataset, "parameters": count_parameters(parts.model),
             "epochs": cfg.epochs, "lr": cfg.lr, "lr_policy": cfg.lr_policy,
-            "input_pipeline": ctx.data.kind, "graph": cfg.graph}
+            "input_pipeline": ctx.data.kind, "graph": cfg.graph,
+            "gflops_per_image": ctx.flops_per_image / 1e9,
+            "gmacs_per_image": ctx.flops_per_image / 2e9, "image_size": ctx.data.image_size,
+            "accum_steps": cfg.accum_steps, "clip_grad_norm": cfg.clip_grad_norm,
+            "ema_momentum": cfg.ema_momentum, "sync_bn": cfg.sync_bn,
+            "deterministic": cfg.deterministic,
+            "best_checkpoint_by": "val_ema_top1" if parts.ema is not None else "val_top1"}
 
 
 @dataclass
@@ -72,5 +78,16 @@ class RunSummary:
             "step_channels_last": self.step_facts.channels_last,
             "best_checkpoint": str(best) if best else None,
             "best_per_class": self.record.best_per_class,
+            **ema_results(history),
             "e2e_seconds": time.perf_counter() - self.started,
             "history": history})
+
+
+def ema_results(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """--ema-momentum: the average's best and final scores beside the model's."""
+    ema = [row for row in history if "val_ema_top1" in row]
+    if not ema:
+        return {}
+    return {"best_ema_top1": max(row["val_ema_top1"] for row in ema),
+            "final_ema_top1": ema[-1]["val_ema_top1"], "final_ema_top5": ema[-1]["val_ema_top5"],
+            "final_ema_val_loss": ema[-1]["val_ema_loss"]}

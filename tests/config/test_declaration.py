@@ -61,3 +61,25 @@ def test_mix_options_are_checked() -> None:
     # a warm-up longer than the run: the package's performance runs (20 epochs' warm-up, 2 run)
     cfg = parse_config(base + ["--warmup-epochs", "20", "--epochs", "2"])
     assert cfg.warmup_epochs == 20
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--ema-momentum", "0"], "--ema-momentum must be in (0, 1)"),
+    (["--ema-momentum", "1.5"], "--ema-momentum must be in (0, 1)"),
+    (["--clip-grad-norm", "0"], "--clip-grad-norm must be positive"),
+    (["--accum-steps", "0"], "--accum-steps must be >= 1"),
+    (["--batch-size", "32", "--accum-steps", "3"], "use a multiple of 3"),
+    (["--batch-size", "32", "--nproc", "2", "--accum-steps", "3"], "use a multiple of 6"),
+    (["--graph", "--accum-steps", "2"], "--accum-steps is not captured"),
+    (["--graph", "--clip-grad-norm", "1"], "--clip-grad-norm is not captured"),
+    (["--profile-steps", "4:2"], "--profile-steps must be A:B with 1 <= A <= B"),
+])
+def test_trainer_options_refuse_bad_values(argv: list[str], needle: str) -> None:
+    with pytest.raises(UserError, match=re.escape(needle)):
+        parse_config(argv)
+
+
+def test_trainer_options_are_off_by_default() -> None:
+    cfg = parse_config(["--dataset", "synthetic"])
+    assert (cfg.ema_momentum, cfg.clip_grad_norm, cfg.accum_steps, cfg.sync_bn,
+            cfg.deterministic, cfg.profile_steps) == (None, None, 1, False, False, None)

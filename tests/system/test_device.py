@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import STANDIN, TINY, assert_one_line_error, base_env, run_cli, run_main
+from tests.helpers import (
+    STANDIN,
+    TINY,
+    assert_one_line_error,
+    base_env,
+    model_state,
+    run_cli,
+    run_main,
+)
 
 
 def _package(root: Path, name: str, body: str) -> Path:
@@ -100,3 +109,80 @@ def test_npu_card_out_of_range_and_apex_missing(tmp_path: Path,
     assert_one_line_error(run_cli([*TINY, "--device", "npu", "--amp-backend", "apex",
                                    "--output-dir", str(tmp_path / "o")], env=standin_env),
                           "needs apex")
+
+
+# --- --sync-bn and --deterministic ------------------------------------------------------------
+
+def _sync_bn_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+
+
+def _half_batches() -> torch.Tensor:
+    return torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(1)) * 3 + 1
+
+
+def _sync_bn_rank(rank: int, port: int, out: str) -> None:
+    """One of two gloo processes: its half of the batch through the converted model."""
+    import torch.distributed as dist
+
+    from ignite_rn50.system import device as dev
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    model = dev.convert_sync_batchnorm(_sync_bn_model(), torch.device("cpu"))
+    assert type(model[1]) is dev.HostSyncBatchNorm
+    model(_half_batches()[rank * 4:(rank + 1) * 4]).square().mean().backward()
+    bn = model[1]
+    torch.save({"mean": bn.running_mean, "var": bn.running_var,
+                "grads": [p.grad for p in model.parameters()]}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sync_bn_in_two_gloo_processes_is_bn_over_the_whole_batch(tmp_path: Path) -> None:
+    """Both ranks hold the same BN statistics, those of plain BN over both halves together,
+    and their gradients add up to that BN's (torch's SyncBatchNorm semantics)."""
+    from tests.helpers import free_port
+
+    torch.multiprocessing.spawn(_sync_bn_rank, args=(free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert torch.equal(ranks[0]["mean"], ranks[1]["mean"])
+    assert torch.equal(ranks[0]["var"], ranks[1]["var"])
+    ref = _sync_bn_model()  # the reference: one BN over all eight images
+    x = _half_batches()
+    out = ref(x)
+    (out[:4].square().mean() + out[4:].square().mean()).backward()
+    assert torch.allclose(ranks[0]["mean"], ref[1].running_mean, atol=1e-5)
+    assert torch.allclose(ranks[0]["var"], ref[1].running_var, atol=1e-4)
+    assert not torch.allclose(ranks[0]["mean"], torch.zeros(4))
+    for mine, theirs, want in zip(ranks[0]["grads"], ranks[1]["grads"],
+                                  [p.grad for p in ref.parameters()], strict=True):
+        assert torch.allclose(mine + theirs, want, atol=1e-5)
+
+
+def test_sync_bn_with_one_process_is_refused(tmp_path: Path) -> None:
+    proc = run_main([*TINY, "--sync-bn", "--output-dir", str(tmp_path / "run")])
+    assert_one_line_error(proc, "--sync-bn", "--nproc 2")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_deterministic_runs_twice_give_bit_identical_weights(tmp_path: Path) -> None:
+    args = [*TINY, "--synthetic-train-size", "64", "--synthetic-test-size", "32",
+            "--batch-size", "16", "--epochs", "1", "--deterministic"]
+    try:
+        runs = [run_main([*args, "--output-dir", str(tmp_path / name)]) for name in "ab"]
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
+    assert all(p.returncode == 0 for p in runs), runs[0].stderr[-2000:]
+    a, b = (model_state(tmp_path / name / "checkpoint_1.pt") for name in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = (tmp_path / "a" / "train.log").read_text()
+    assert "precision: fp32 (no mixed precision); deterministic algorithms" in log
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["deterministic"] is True
