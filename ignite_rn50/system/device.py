@@ -294,22 +294,29 @@ def convert_sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torc
     return model
 
 
-class HostSyncBatchNorm(torch.nn.SyncBatchNorm):
+class HostSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
     """SyncBatchNorm for host tensors. Ours because torch's raises for cpu input (its
-    batch_norm_stats/gather kernels are GPU-only): the batch statistics of all ranks come
-    from one autograd-aware all-reduce of per-channel sums (its backward all-reduces the
-    gradients, as torch's SyncBatchNorm does); the running statistics update as BN's."""
+    batch_norm_stats/gather kernels are GPU-only) and DDP refuses its class on cpu modules:
+    the batch statistics of all ranks come from one autograd-aware all-reduce of per-channel
+    sums (its backward all-reduces the gradients, as torch's SyncBatchNorm does); the
+    running statistics update as BN's. Converted from torch's layers (``process_group``
+    kept), so its state dict is theirs and BN's."""
+
+    process_group: Any = None
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
-        from torch.distributed.nn import functional as dist_fn
 
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
         c, dims = x.size(1), [0, *range(2, x.dim())]
         count = torch.full((1,), x.numel() / c, dtype=x.dtype, device=x.device)
-        stats = dist_fn.all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]),
-                                   group=self.process_group or dist.group.WORLD)
+        stats = _AllReduceSum.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]),
+                                    self.process_group or dist.group.WORLD)
         n = stats[-1]
         mean = stats[:c] / n
         var = stats[c:2 * c] / n - mean * mean
@@ -323,6 +330,28 @@ class HostSyncBatchNorm(torch.nn.SyncBatchNorm):
         shape = [1, c] + [1] * (x.dim() - 2)
         y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
         return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """A sum over ranks whose gradient is the sum of the ranks' gradients (torch's
+    ``torch.distributed.nn.functional.all_reduce``, deprecated in torch 2.14)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.group = group
+        out = tensor.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        import torch.distributed as dist
+
+        out = grad.clone()
+        dist.all_reduce(out, group=ctx.group)
+        return out, None
 
 
 def profiler(device: torch.device, folder: Path, worker: str) -> Any:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import TINY, assert_one_line_error, model_state, run_cli, run_main
+from tests.helpers import (
+    TINY,
+    assert_one_line_error,
+    free_port,
+    model_state,
+    read_summary,
+    run_cli,
+    run_main,
+)
 
 
 @pytest.mark.slow
@@ -36,3 +44,21 @@ def test_init_from_a_file_of_another_model_is_refused(trained: Path, tmp_path: P
     proc = run_main([*TINY, "--depth", "34", "--init-from", str(trained / "mmcls_fp32.pth"),
                     "--output-dir", str(tmp_path / "o")])
     assert_one_line_error(proc, "--init-from", "mmcls layout", "lacks 'layer1.2.conv1.weight'")
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sync_bn_and_accumulation_in_a_two_process_job(tmp_path: Path) -> None:
+    """The wiring of --sync-bn (converted before DDP, which takes it on cpu) with
+    --accum-steps and --ema-momentum in a real 2-process gloo job."""
+    out = tmp_path / "run"
+    proc = run_cli([*TINY, "--synthetic-train-size", "128", "--synthetic-test-size", "32",
+                    "--epochs", "1", "--nproc", "2", "--port", str(free_port()), "--sync-bn",
+                    "--accum-steps", "2", "--ema-momentum", "0.1", "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_summary(out)
+    assert (summary["sync_bn"], summary["accum_steps"], summary["iterations"]) == (True, 2, 4)
+    assert len(set(summary["replica_checksums"])) == 1, summary["replica_checksums"]
+    log = (out / "train.log").read_text()
+    assert "SyncBatchNorm: BN statistics over all 2 processes" in log
+    assert "2 micro-batches of 8 per process" in log
