@@ -170,3 +170,28 @@ def test_missing_onnxruntime_is_one_line(trained: Path, tmp_path: Path) -> None:
     line = assert_one_line_error(proc, "export needs onnxruntime, which is not installed")
     assert "pip install -r requirements-export.txt" in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_export_takes_the_ema_weights_unless_told_raw(ema_runs: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from ignite_rn50.model.resnet import build_model
+    from ignite_rn50.model.weights import load_into
+
+    whole, _ = ema_runs
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    outputs = {}
+    for which in ("ema", "raw"):
+        onnx_file = tmp_path / f"{which}.onnx"
+        flags = ["--output", str(onnx_file)] + (["--weights", "raw"] if which == "raw" else [])
+        status, lines, err = _export(whole, *flags, checkpoint="checkpoint_2.pt")
+        assert status == 0, err[-2000:]
+        session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+        outputs[which] = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        model = build_model(18, 10)
+        load_into(model, whole / "checkpoint_2.pt", flag="--checkpoint", weights=which)
+        with torch.no_grad():
+            assert np.allclose(outputs[which], model.eval()(x).numpy(), atol=1e-4), which
+    assert not np.allclose(outputs["ema"], outputs["raw"], atol=1e-3)
