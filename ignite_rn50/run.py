@@ -1,7 +1,8 @@
 """Command line entry point: ``python -m ignite_rn50.run [--config FILE] [flags]``.
 
-This module only wires: it parses (before anything heavy is imported), checks once, claims
-the output folder and launches ``process.train`` in every process. Read
+This module only wires: it parses (before anything heavy is imported), connects the
+configuration to the run's ClearML task (whose stored values rule under an agent), checks
+once, claims the output folder and launches ``process.train`` in every process. Read
 ``process.run_training`` next: it is the table of contents of a run.
 """
 
@@ -19,16 +20,17 @@ PROG = "ignite_rn50"
 def launch(cfg: Config) -> None:
     from ignite_rn50.config import specs
     from ignite_rn50.system import distributed
-    from ignite_rn50.training import process
+    from ignite_rn50.training import dashboard, process
     from ignite_rn50.training.runtime import preflight
 
-    backend, lock = preflight(cfg)
-    try:
-        distributed.launch(process.train, cfg, specs.topology(cfg, backend),
-                           hold=None if lock is None else lock.fd)
-    finally:
-        if lock is not None:
-            lock.release()
+    with dashboard.connected(cfg) as cfg:  # connect first (ClearML), then check and build
+        backend, lock = preflight(cfg)
+        try:
+            distributed.launch(process.train, cfg, specs.topology(cfg, backend),
+                               hold=None if lock is None else lock.fd)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:

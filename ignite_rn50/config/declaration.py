@@ -172,6 +172,12 @@ class Config:
     clearml_task: str | None = _opt(None, "ClearML task name", group="output",
                                     shows="the output folder's name")
     clearml_tags: list[str] = _opt([], "ClearML tags", group="output")
+    clearml_queue: str | None = _opt(None, "create the ClearML task, then enqueue it in this "
+                                     "queue for a clearml-agent and end here (needs a server)",
+                                     group="output", shows="run here")
+    clearml_output_uri: str | None = _opt(None, "where the task's models are uploaded (a "
+                                          "storage URL; true = the ClearML file server)",
+                                          group="output", shows="clearml.conf's default")
 
     # ------------------------------------------------------------------------------------
     @property
@@ -348,6 +354,9 @@ def _validate_job(cfg: Config, need: Need) -> None:
          f"{cfg.keep_checkpoints}")
     need(cfg.save_every_iters is None or cfg.save_every_iters > 0,
          f"--save-every-iters must be positive, got {cfg.save_every_iters}")
+    need(not (cfg.clearml_queue and ("clearml" not in cfg.loggers or cfg.clearml_mode in (
+        "off", "offline"))), f"--clearml-queue {cfg.clearml_queue} enqueues a ClearML task: it "
+        "needs clearml in --loggers and --clearml-mode auto or online")
     unknown = [name for name in cfg.loggers if name not in TRACKERS]
     need(not unknown, f"--loggers accepts {', '.join(TRACKERS)}, got {', '.join(unknown)}")
     need(not batch_share_problem(cfg.batch_size, cfg.processes,

@@ -184,5 +184,62 @@ def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None) 
     return make_config(values)
 
 
+# --- a dashboard's stored parameters (ClearML) -----------------------------------------------
+
+def _from_text(text: str, tp: Any) -> Any:
+    """A value as a dashboard stores it (a string) in the declared type: '' and none/null are
+    None where None is allowed; lists as JSON/YAML ('[60, 120]') or comma-separated; the rest
+    by YAML's reading ('0.02', '7', 'true'), so '7.5' stays a float and fails an int."""
+    args = typing.get_args(tp)
+    if type(None) in args and text.strip().lower() in ("", "none", "null"):
+        return None
+    if typing.get_origin(tp) is list or any(typing.get_origin(a) is list for a in args):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = None
+        if not isinstance(value, list):
+            value = [yaml.safe_load(v) for v in text.split(",") if v.strip()]
+        return value
+    if str in args or tp is str:
+        return text
+    for number in (int, float):  # YAML 1.1 reads '1e-3' as a string
+        if number in (*args, tp):
+            try:
+                return number(text.strip())
+            except ValueError:
+                pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def config_from_dashboard(cfg: Config, stored: dict[str, Any]) -> Config:
+    """``cfg`` with the values a dashboard (ClearML, under an agent) holds for its parameters,
+    ``{"training/lr": "0.02", ...}``: each read and checked as the same option's flag would
+    be. A bad value is one line naming the parameter as the dashboard shows it."""
+    values = {name: getattr(cfg, name) for name in FIELDS}
+    edited = []
+    for where, raw in stored.items():
+        name = ATTRIBUTE_OF_KEY.get(where.split("/", 1)[-1])
+        if name is None:
+            continue
+        tp = _type_of(name)
+        value = _from_text(raw, tp) if isinstance(raw, str) else raw
+        ok, coerced = _check_type(value, tp)
+        if not ok:
+            raise UserError(f"ClearML parameter {where} must be {_describe(tp)}, got {raw!r}; "
+                            "fix it in the task's hyperparameters")
+        if coerced != values[name]:
+            edited.append(where)
+        values[name] = coerced
+    try:
+        return make_config(values)
+    except UserError as exc:
+        raise UserError(f"ClearML parameter {' or '.join(edited) or 'values'}: {exc}; fix it "
+                        "in the task's hyperparameters") from None
+
+
 def parse_config(argv: list[str] | None = None) -> Config:
     return config_from_args(vars(build_parser().parse_args(argv)))

@@ -1,28 +1,29 @@
-"""Experiment tracking on rank 0: ignite's TensorBoard and ClearML loggers, and the progress bar.
+"""Experiment tracking on rank 0: ignite's TensorBoard and ClearML loggers, the pictures and
+models they show, and the progress bar.
 
 ``TRACKERS`` is the one list (``--loggers`` takes its names): each entry starts a tracker
-from a ``TrackerContext`` and returns an object with ignite's ``logger`` and a ``close``.
+from a ``TrackerContext`` and returns an object with ignite's ``logger``, the ``report_*``
+methods (images, a confusion matrix, per-class top-1), ``publish_model`` and ``close``.
 This module imports ignite and clearml only inside its functions: ``config.py`` reads the
 names at ``--help`` time, before torch loads.
 
-ClearML: one task per run, created here on rank 0 only (ignite's ClearMLLogger then picks it
-up as ``Task.current_task()``). ``auto`` goes online when a server is configured, otherwise
-offline; an online server that cannot be reached, or that refuses the credentials, turns
-into an offline session with one warning line, so a run never fails because of reporting.
+ClearML: one task per run, opened by the process that owns the run before anything is built
+(``clearml_task.py``); rank 0 reports into it. ``auto`` goes online when a server is
+configured, otherwise offline; an online server that cannot be reached, or that refuses the
+credentials, turns into an offline session with one warning line, so a run never fails
+because of reporting.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import sys
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    import numpy as np
     from ignite.engine import Engine
 
 log = logging.getLogger("ignite_rn50")
@@ -38,76 +39,8 @@ class TrackerContext:
 
     out: Path
     environment: dict[str, str]
-    config_groups: dict[str, dict[str, Any]]  # hyperparameters by section
-    config_text: str  # the resolved config as YAML
-    clearml: dict[str, Any] = field(default_factory=dict)  # mode, project, task, tags
+    clearml: dict[str, Any] = field(default_factory=dict)  # mode, project, task, tags, output_uri
     gpu_monitor: bool = False  # the device is an NVIDIA GPU (ClearML's GPU probe works)
-
-
-# --- ClearML internals (clearml 2.1) ------------------------------------------------------------
-# clearml offers no public switch for these three; each private name is used in exactly one
-# function below, and tests/outputs/test_trackers.py::test_clearml_internals_we_use_exist fails
-# loudly when a clearml release renames or removes one.
-
-def use_report_threads() -> None:
-    """ClearML's reporter os.fork()s a monitor subprocess at Task.init; forking a rank that
-    already runs torch/gloo threads deadlocks the copy (seen with --nproc 2). Threads only:
-    the config key sdk.development.report_use_subprocess, read into this class attribute."""
-    from clearml import Task
-
-    Task._report_subprocess_enabled = False
-
-
-def machine_monitor_class() -> type:
-    """ClearML's resource monitor without its NVIDIA GPU probe, which without NVML warns
-    'Could not fetch GPU stats' and later 'GPU monitoring failed' (machine stats stay).
-    Its probe is the ``gpustat`` module it keeps in ``_gpustat``; None turns it off."""
-    from clearml.utilities.resource_monitor import ResourceMonitor
-
-    class MachineMonitor(ResourceMonitor):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._gpustat = None
-
-    return MachineMonitor
-
-
-def register_offline_model(model: Any, weights: Path) -> None:
-    """clearml 2.1.x's OutputModel.update_weights (and Task.update_output_model) raise
-    AttributeError offline (they ask a DummyModel whether the model is locked); its offline
-    branch is the same registration without that check."""
-    model._update_weights_offline(weights_filename=str(weights))
-
-
-def clearml_configured() -> bool:
-    """A server is configured: credentials/host in the environment, or a clearml.conf."""
-    if os.environ.get("CLEARML_API_ACCESS_KEY") or os.environ.get("CLEARML_API_HOST"):
-        return True
-    conf = os.environ.get("CLEARML_CONFIG_FILE") or str(Path.home() / "clearml.conf")
-    return Path(conf).is_file()
-
-
-def clearml_api_host() -> str:
-    host = os.environ.get("CLEARML_API_HOST")
-    if host:
-        return host
-    from clearml.backend_api import Session
-
-    return Session.get_api_server_host()
-
-
-def probe_clearml_server(timeout: float = 5.0) -> str | None:
-    """None when the API server answers at all (any HTTP status), else the reason it did not.
-
-    Task.init itself retries an unreachable server for minutes; this answers in seconds."""
-    host = clearml_api_host().rstrip("/")
-    try:
-        urllib.request.urlopen(f"{host}/debug.ping", timeout=timeout)  # noqa: S310
-    except urllib.error.HTTPError:
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return f"{host} unreachable ({getattr(exc, 'reason', exc)})"
-    return None
 
 
 class TensorBoardTracker:
@@ -116,88 +49,74 @@ class TensorBoardTracker:
 
         self.logger = TensorboardLogger(log_dir=str(ctx.out / "tensorboard"))
 
-    def close(self, out: Path, best_checkpoint: Path | None) -> None:
+    def report_image(self, title: str, series: str, image: np.ndarray, step: int) -> None:
+        self.logger.writer.add_image(f"{title}/{series}", image, step, dataformats="HWC")
+
+    def report_confusion(self, matrix: np.ndarray, names: list[str], step: int) -> None:
+        from ignite_rn50.outputs.samples import confusion_image
+
+        self.report_image("val", "confusion_matrix", confusion_image(
+            matrix, names, f"confusion matrix, epoch {step}"), step)
+
+    def report_per_class(self, top1: list[float], names: list[str], step: int) -> None:
+        pass  # a bar per class is ClearML's Plots tab; the confusion image holds it here
+
+
+    def publish_model(self, name: str, weights: Path) -> None:
+        pass  # the checkpoints beside the events are the models
+
+    def close(self, out: Path) -> None:
         self.logger.close()
 
 
 class ClearMLTracker:
-    """A ClearML task (online, or an offline session) and ignite's ClearMLLogger on it."""
+    """ignite's ClearMLLogger on the run's task (the one the owner of the run opened, see
+    clearml_task.py), the task's output models and the dashboard's pictures."""
 
     def __init__(self, ctx: TrackerContext) -> None:
         from ignite.handlers.clearml_logger import ClearMLLogger
 
-        self.task, self.offline = _start_clearml(ctx)
-        self.logger = ClearMLLogger()
+        from ignite_rn50.outputs import clearml_task
 
-    def close(self, out: Path, best_checkpoint: Path | None) -> None:
-        from clearml import OutputModel
+        self.task = clearml_task.attach_task(task_options(ctx))
+        clearml_task.record_environment(self.task, ctx.environment)
+        self.logger = ClearMLLogger()  # picks up Task.current_task(): the task above
+        self.models = clearml_task.ModelPublisher(self.task)
 
-        task = self.task
-        if best_checkpoint is not None and best_checkpoint.is_file():
-            model = OutputModel(task=task, name="best", framework="PyTorch")
-            if task.is_offline():
-                register_offline_model(model, best_checkpoint)
-            else:
-                model.update_weights(weights_filename=str(best_checkpoint),
-                                     auto_delete_file=False)
+    def report_image(self, title: str, series: str, image: np.ndarray, step: int) -> None:
+        self.task.get_logger().report_image(title, series, iteration=step, image=image)
+
+    def report_confusion(self, matrix: np.ndarray, names: list[str], step: int) -> None:
+        self.task.get_logger().report_confusion_matrix(
+            "confusion matrix", "val", iteration=step, matrix=matrix, xaxis="predicted class",
+            yaxis="true class", xlabels=list(names), ylabels=list(names))
+
+    def report_per_class(self, top1: list[float], names: list[str], step: int) -> None:
+        self.task.get_logger().report_histogram(
+            "per-class top-1", "val", iteration=step, values=list(top1), xlabels=list(names),
+            xaxis="class", yaxis="top-1")
+
+    def publish_model(self, name: str, weights: Path) -> None:
+        self.models.publish(name, weights)
+
+    def close(self, out: Path) -> None:
+        """Artifacts, then everything flushed; the task itself is closed by the owner of the
+        run once every rank has ended (``clearml_task.finish_task``)."""
         for name in ("summary.json", "curves.png"):
             if (out / name).is_file():
-                task.upload_artifact(name=name, artifact_object=str(out / name),
-                                     wait_on_upload=True)
-        folder = task.get_offline_mode_folder() if self.offline else None
-        task.close()
+                self.task.upload_artifact(name=name, artifact_object=str(out / name),
+                                          wait_on_upload=True)
+        self.task.flush(wait_for_uploads=True)
         self.logger.close()
-        if folder is not None:
-            log.info("ClearML offline session: %s.zip; import it into a server with "
-                     "python -c \"from clearml import Task; Task.import_offline_session("
-                     "'%s.zip')\"", folder, folder)
 
 
-def _clearml_mode(requested: str) -> str:
-    mode = requested
-    if mode == "auto":
-        mode = "online" if clearml_configured() else "offline"
-    if mode == "online":
-        problem = probe_clearml_server()
-        if problem:
-            log.warning("warning: ClearML server %s; reporting to an offline session instead",
-                        problem)
-            mode = "offline"
-    return mode
-
-
-def _start_clearml(ctx: TrackerContext) -> tuple[Any, bool]:
-    """(task, offline)."""
-    from clearml import Task
+def task_options(ctx: TrackerContext) -> Any:
+    from ignite_rn50.outputs.clearml_task import TaskOptions
 
     opts = ctx.clearml
-    offline = _clearml_mode(opts["mode"]) == "offline"
-    Task.set_offline(offline)
-    use_report_threads()
-    kwargs = dict(project_name=opts["project"], task_name=opts["task"] or ctx.out.name,
-                  tags=list(opts["tags"]) or None, reuse_last_task_id=False,
-                  auto_connect_frameworks={"pytorch": False, "tensorboard": False,
-                                           "matplotlib": False},
-                  auto_connect_arg_parser=False,
-                  auto_resource_monitoring=True if ctx.gpu_monitor else machine_monitor_class())
-    try:
-        task = Task.init(**kwargs)
-    except Exception as exc:  # noqa: BLE001 - any online failure: keep training, go offline
-        if offline:
-            raise
-        log.warning("warning: ClearML server refused the task (%s); reporting to an offline "
-                    "session instead", type(exc).__name__)
-        offline = True
-        Task.set_offline(True)
-        task = Task.init(**kwargs)
-    for section, values in ctx.config_groups.items():
-        task.connect(values, name=section)
-    task.connect(dict(ctx.environment), name="environment")
-    task.get_logger().report_text("\n".join(f"{k}: {v}" for k, v in ctx.environment.items()),
-                                  print_console=False)
-    task.set_configuration_object(name="resolved config", config_text=ctx.config_text,
-                                  config_type="yaml")
-    return task, offline
+    return TaskOptions(mode=opts["mode"], project=opts["project"],
+                       name=opts["task"] or ctx.out.name, tags=tuple(opts["tags"]),
+                       output_uri=opts.get("output_uri"), gpu_monitor=ctx.gpu_monitor)
 
 
 @dataclass(frozen=True)
@@ -213,16 +132,32 @@ TRACKERS: dict[str, TrackerSpec] = {
 
 
 class Tracking:
-    """The trackers of one run; ``close`` finishes them (the ClearML task uploads the best
-    checkpoint, summary.json and curves.png first)."""
+    """The trackers of one run: what rank 0 reports goes to each of them; ``close`` finishes
+    them (the ClearML task uploads summary.json and curves.png first)."""
 
     def __init__(self, trackers: list[Any] | None = None) -> None:
         self.trackers = trackers or []
 
-    def close(self, out: Path, best_checkpoint: Path | None) -> None:
+    def report_image(self, title: str, series: str, image: np.ndarray, step: int) -> None:
+        for tracker in self.trackers:
+            tracker.report_image(title, series, image, step)
+
+    def report_confusion(self, matrix: np.ndarray, names: list[str], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.report_confusion(matrix, names, step)
+
+    def report_per_class(self, top1: list[float], names: list[str], step: int) -> None:
+        for tracker in self.trackers:
+            tracker.report_per_class(top1, names, step)
+
+    def publish_model(self, name: str, weights: Path) -> None:
+        for tracker in self.trackers:
+            tracker.publish_model(name, weights)
+
+    def close(self, out: Path) -> None:
         trackers, self.trackers = self.trackers, []
         for tracker in trackers:
-            tracker.close(out, best_checkpoint)
+            tracker.close(out)
 
 
 def start(names: list[str], ctx: TrackerContext, trainer: Engine, evaluator: Engine,

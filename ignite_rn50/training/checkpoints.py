@@ -185,6 +185,11 @@ class Checkpoints:
     def best_path(self) -> Path | None:
         return self.dirname / self.saved.best[1] if self.saved.best else None
 
+    @property
+    def last_path(self) -> Path | None:
+        """The newest epoch checkpoint (the dashboard's 'last' model)."""
+        return self.dirname / self.saved.epochs[-1][1] if self.saved.epochs else None
+
 
 def find_latest_checkpoint(dirname: Path) -> Path | None:
     """Newest complete checkpoint by training progress. Atomic saves mean a file with a final

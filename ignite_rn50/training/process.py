@@ -13,7 +13,6 @@ import logging
 from dataclasses import dataclass
 
 import ignite.distributed as idist
-import yaml
 
 from ignite_rn50 import events
 from ignite_rn50.config.declaration import Config, profile_range
@@ -24,7 +23,7 @@ from ignite_rn50.outputs import logs, plots, trackers
 from ignite_rn50.system import device as dev
 from ignite_rn50.system import distributed
 from ignite_rn50.system.signals import GracefulStop
-from ignite_rn50.training import checkpoints, handlers, summary
+from ignite_rn50.training import checkpoints, handlers, reports, summary
 from ignite_rn50.training.assembly import build_parts
 from ignite_rn50.training.checkpoints import Checkpoints
 from ignite_rn50.training.context import RunContext
@@ -94,18 +93,22 @@ def attach_outputs(ctx: RunContext, saves: Checkpoints) -> Outputs:
                      profile_range(ctx.cfg.profile_steps)).attach(ctx.trainer)
     saves.attach(ctx.trainer, ctx.cfg.save_every_iters)
     run_summary = summary.RunSummary.attach(ctx, lambda: fps.fps, lambda: saves.best_path)
-    return Outputs(saves, run_summary, start_trackers(ctx))
+    tracking = start_trackers(ctx)
+    reports.attach(ctx, saves, tracking)
+    return Outputs(saves, run_summary, tracking)
 
 
 def start_trackers(ctx: RunContext) -> trackers.Tracking:
+    """Rank 0's trackers; ClearML's reports into the task the run's owner opened
+    (training/dashboard.py)."""
     if not ctx.rt.is_main:
         return trackers.Tracking()
     cfg = ctx.cfg
     where = trackers.TrackerContext(
-        out=ctx.rt.out, environment=ctx.rt.environment, config_groups=cfg.groups(),
-        config_text=yaml.safe_dump(cfg.as_dict(), sort_keys=False),
+        out=ctx.rt.out, environment=ctx.rt.environment,
         clearml={"mode": cfg.clearml_mode, "project": cfg.clearml_project,
-                 "task": cfg.clearml_task, "tags": cfg.clearml_tags},
+                 "task": cfg.clearml_task, "tags": cfg.clearml_tags,
+                 "output_uri": cfg.clearml_output_uri},
         gpu_monitor=dev.gpu_monitor_works(ctx.rt.device))
     return trackers.start(cfg.loggers, where, ctx.trainer, ctx.evaluator,
                           ema_evaluator=ctx.ema_evaluator,
@@ -120,9 +123,9 @@ def log_start(ctx: RunContext) -> None:
     if ctx.trainer.state.epoch == 0:
         params = count_parameters(ctx.parts.model)
         log.info("training ResNet-%d (%.2fM parameters) on %s x %d, global batch %d, "
-                 "%d iterations/epoch, %s pipeline", cfg.depth, params / 1e6,
+                 "%d iterations/epoch, %d epochs, lr %g, %s pipeline", cfg.depth, params / 1e6,
                  ctx.rt.device, ctx.rt.processes, ctx.global_batch, ctx.epoch_length,
-                 ctx.data.kind)
+                 cfg.epochs, cfg.lr, ctx.data.kind)
     flops = ctx.flops_per_image
     log.info("model: %.2fM parameters, %.3f GMACs = %.3f GFLOPs per %dx%d image "
              "(torch.utils.flop_counter)", count_parameters(ctx.parts.model) / 1e6,
@@ -181,7 +184,7 @@ def finish_reports(ctx: RunContext, outputs: Outputs) -> None:
     outputs.summary.write(ctx.trainer)
     if ctx.rt.is_main and ctx.record.history:
         plots.plot_curves(ctx.record.history, ctx.rt.out / "curves.png")
-    outputs.tracking.close(ctx.rt.out, outputs.checkpoints.best_path)
+    outputs.tracking.close(ctx.rt.out)
 
 
 def train(local_rank: int, cfg: Config) -> None:
