@@ -156,3 +156,40 @@ def write_cifar10(root: Path, per_batch: int = 16, n_test: int = 24, seed: int =
         pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch":
                      per_batch, "num_vis": 3072}, fh)
     return folder
+
+
+# --- ClearML offline sessions ---------------------------------------------------------------------
+
+def clearml_sessions(cache: Path) -> list[Path]:
+    """The offline sessions' folders under a CLEARML_CACHE_DIR."""
+    return sorted(p for p in (cache / "offline").glob("*") if p.is_dir())
+
+
+def clearml_events(session: Path) -> list[dict]:
+    """Every event of a session's metrics.jsonl (scalars, plots, debug images)."""
+    events = []
+    for line in (session / "metrics.jsonl").read_text().splitlines():
+        item = json.loads(line)
+        events.extend(item if isinstance(item, list) else [item])
+    return events
+
+
+def clearml_params(session: Path) -> dict[str, str]:
+    """The task's hyperparameters as stored: {"training/lr": "0.05", ...}."""
+    task = json.loads((session / "task.json").read_text())
+    return {f"{section}/{name}": item["value"] for section, items in task["hyperparams"].items()
+            for name, item in items.items()}
+
+
+def edit_clearml_task(session: Path, cache: Path, edits: dict[str, str]) -> Path:
+    """A copy of an offline task under ``cache`` (same id) with hyperparameters edited as
+    the dashboard stores them, strings: what a clone edited in the UI holds when an agent
+    starts it (with CLEARML_TASK_ID set to its id)."""
+    copy = cache / "offline" / session.name
+    (copy / "data").mkdir(parents=True)
+    task = json.loads((session / "task.json").read_text())
+    for where, value in edits.items():
+        section, name = where.split("/")
+        task["hyperparams"][section][name]["value"] = value
+    (copy / "task.json").write_text(json.dumps(task))
+    return copy

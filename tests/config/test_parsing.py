@@ -3,12 +3,13 @@ schema, flags over file over defaults; the shipped configs say what they claim."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from ignite_rn50.config.parsing import load_yaml, parse_config, save_config
+from ignite_rn50.config.parsing import config_from_dashboard, load_yaml, parse_config, save_config
 from ignite_rn50.errors import UserError
 from tests.helpers import REPO, assert_one_line_error, run_cli
 
@@ -112,3 +113,34 @@ def test_unknown_config_key_cli_exit_2(tmp_path: Path) -> None:
     path.write_text("dataset: synthetic\nbatchsize: 16\n")
     assert_one_line_error(run_cli(["--config", str(path)]), "unknown key 'batchsize'",
                           str(path))
+
+
+# --- values stored on a dashboard (ClearML under an agent: strings, as the UI keeps them) -----
+
+def test_dashboard_strings_read_as_their_flags_would_be() -> None:
+    base = parse_config(["--dataset", "synthetic"])
+    cfg = config_from_dashboard(base, {
+        "training/lr": "1e-3", "training/epochs": "7", "training/batch_size": "64",
+        "training/lr_milestones": "[5, 9]", "output/clearml_tags": "a, b",
+        "training/eval_batch_size": "", "data/data": "None", "device/amp": "true",
+        "training/momentum": 0.8})  # HPO may hand a number: taken as it is
+    assert (cfg.lr, cfg.epochs, cfg.batch_size) == (0.001, 7, 64)
+    assert cfg.lr_milestones == [5, 9] and cfg.clearml_tags == ["a", "b"]
+    assert cfg.eval_batch_size is None and cfg.data is None and cfg.amp is True
+    assert cfg.momentum == 0.8 and cfg.depth == base.depth  # what was not stored stays
+    # what a local run stores (our values, as ClearML writes them) reads back unchanged
+    stored = {f"{section}/{key}": "" if value is None else
+              (json.dumps(value) if isinstance(value, list) else str(value))
+              for section, values in base.groups().items() for key, value in values.items()}
+    assert config_from_dashboard(base, stored) == base
+
+
+@pytest.mark.parametrize(("stored", "needle"), [
+    ({"training/lr": "abc"}, "ClearML parameter training/lr must be number, got 'abc'"),
+    ({"training/epochs": "7.5"}, "ClearML parameter training/epochs must be integer"),
+    ({"training/lr": "-1"}, "ClearML parameter training/lr: --lr must be positive"),
+    ({"model/depth": "19"}, "ClearML parameter model/depth: --depth must be one of")])
+def test_a_bad_dashboard_value_names_the_parameter(stored: dict, needle: str) -> None:
+    with pytest.raises(UserError) as info:
+        config_from_dashboard(parse_config(["--dataset", "synthetic"]), stored)
+    assert needle in str(info.value) and "\n" not in str(info.value)
