@@ -18,7 +18,7 @@ import yaml
 
 from ignite_rn50.config.declaration import Config
 from ignite_rn50.config.parsing import config_from_dashboard
-from ignite_rn50.outputs import clearml_task
+from ignite_rn50.outputs import clearml_task, logs
 from ignite_rn50.system import device as dev
 from ignite_rn50.training.runtime import owns_output_dir
 
@@ -49,9 +49,8 @@ def resolve(cfg: Config, task: Any) -> Config:
         before = cfg.as_dict()
         cfg = config_from_dashboard(cfg, stored)
         changed = [f"{k}={v!r}" for k, v in cfg.as_dict().items() if before[k] != v]
-        print(f"ClearML task {task.id}: running with its stored parameters"
-              + (f" ({', '.join(changed)} differ from the command line)" if changed else ""),
-              flush=True)
+        logs.log.info("ClearML task %s: running with its stored parameters%s", task.id,
+                      f" ({', '.join(changed)} differ from the command line)" if changed else "")
     clearml_task.describe_config(task, yaml.safe_dump(cfg.as_dict(), sort_keys=False))
     if cfg.clearml_queue and not clearml_task.running_remotely():
         clearml_task.enqueue(task, cfg.clearml_queue)
@@ -66,6 +65,7 @@ def connected(cfg: Config) -> Iterator[Config]:
     if not wanted(cfg):
         yield cfg
         return
+    logs.setup_logging(0, None)  # the console, for what is said before the run's log exists
     if cfg.clearml_queue and not clearml_task.running_remotely():
         clearml_task.check_queue(cfg.clearml_mode, cfg.clearml_queue)
     task, offline = clearml_task.open_task(task_options(cfg))

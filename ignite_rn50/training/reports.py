@@ -1,8 +1,8 @@
 """What rank 0 shows on the dashboards besides the scalars (``outputs/trackers.py`` draws and
-sends it): the last and best checkpoints as the task's models at every save, a grid of test
-images with their true and predicted classes each epoch (as ignite's imagenet reference
-logs predictions), and, when the recipe mixes, one grid of the mixed training images the
-first step trained on."""
+sends it): the last and best checkpoints as the task's models at every save, each
+evaluation's confusion matrix and per-class top-1, a grid of test images with their true
+and predicted classes each epoch (as ignite's imagenet reference logs predictions), and,
+when the recipe mixes, one grid of the mixed training images the first step trained on."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from ignite_rn50.events import RunEvents
-from ignite_rn50.outputs import samples
+from ignite_rn50.outputs import perclass, samples
 from ignite_rn50.outputs.trackers import Tracking
 from ignite_rn50.training.checkpoints import Checkpoints
 from ignite_rn50.training.context import RunContext
@@ -21,8 +21,21 @@ from ignite_rn50.training.step import EvalStep, Inputs, prepare_batch
 
 def class_names(ctx: RunContext) -> list[str]:
     """The dataset's class names where it has them, else the class indices."""
-    names = getattr(ctx.data, "class_names", None)
-    return list(names) if names else [str(i) for i in range(ctx.data.num_classes)]
+    return perclass.names_for(ctx.data.class_names, ctx.data.num_classes)
+
+
+class PerClassResults:
+    """Each evaluation's confusion matrix (ignite's ConfusionMatrix, all-reduced over the
+    ranks: ``evaluator.state.metrics["confusion"]``) and per-class top-1 (perclass.py)."""
+
+    def __init__(self, ctx: RunContext, tracking: Tracking) -> None:
+        self.evaluator, self.tracking, self.names = ctx.evaluator, tracking, class_names(ctx)
+
+    def __call__(self, engine: Engine) -> None:
+        matrix = self.evaluator.state.metrics["confusion"].cpu().numpy()
+        top1 = [row["top1"] or 0.0 for row in perclass.per_class(matrix.tolist(), self.names)]
+        self.tracking.report_confusion(matrix, self.names, engine.state.epoch)
+        self.tracking.report_per_class(top1, self.names, engine.state.epoch)
 
 
 class ModelsAtEverySave:
@@ -97,5 +110,6 @@ def attach(ctx: RunContext, saves: Checkpoints, tracking: Tracking) -> None:
         return
     ctx.trainer.add_event_handler(RunEvents.EPOCH_SAVED, ModelsAtEverySave(saves, tracking))
     ctx.trainer.add_event_handler(RunEvents.EPOCH_EVALUATED, PredictionGrid(ctx, tracking))
+    ctx.trainer.add_event_handler(RunEvents.EPOCH_EVALUATED, PerClassResults(ctx, tracking))
     if ctx.parts.mix is not None:
         ctx.trainer.add_event_handler(Events.ITERATION_COMPLETED, MixedGrid(ctx, tracking))

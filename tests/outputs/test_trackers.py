@@ -11,7 +11,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from ignite_rn50.outputs import trackers
+from ignite_rn50.outputs import clearml_task
 from tests.helpers import TINY, base_env, free_port, read_summary, run_cli
 
 LOGGED = [*TINY, "--loggers", "tensorboard", "clearml", "--clearml-project", "tests",
@@ -35,8 +35,8 @@ def offline_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("clearml")
     env = base_env(CLEARML_CACHE_DIR=str(tmp / "cache"), HOME=str(tmp / "home"))
     out = tmp / "run"
-    proc = run_cli([*LOGGED, "--clearml-mode", "auto", "--lr-policy", "cosine", "--output-dir",
-                    str(out)], env=env, timeout=600)
+    proc = run_cli([*LOGGED, "--clearml-mode", "auto", "--lr-policy", "cosine", "--mixup-alpha",
+                    "0.2", "--output-dir", str(out)], env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {"out": out, "cache": tmp / "cache", "proc": proc}
 
@@ -86,15 +86,49 @@ def test_offline_session_holds_hparams_metrics_model(offline_run: dict) -> None:
                 e.get("variant") == "lr"]
     assert train_lr == pytest.approx([0.05, 0.05, 0.025, 0.025])
 
-    models = task["offline_output_models"]
-    assert len(models) == 1 and models[0]["init"]["name"] == "best"
-    stored = Path(models[0]["weights"]["weights_filename"])
-    assert stored.is_file() and stored.name.startswith("best_checkpoint_")
+    models = {m["init"]["name"]: Path(m["weights"]["weights_filename"])
+              for m in task["offline_output_models"]}
+    assert len(task["offline_output_models"]) == 2 and models["last"].is_file()
+    assert models["last"].read_bytes() == (offline_run["out"] / "checkpoint_2.pt").read_bytes()
+    assert models["best"].is_file() and models["best"].name.startswith("best_checkpoint_")
+    assert hyper["environment"]["torch"]["description"].startswith("read-only")
     console = (session / "log.jsonl").read_text()
     assert "Epoch [2/2] done" in console  # the console log
     assert "command: python -m ignite_rn50.run" in console  # and the environment, first
     artifacts = {p.name for p in (session / "data").rglob("*") if p.is_file()}
     assert any("summary" in name for name in artifacts), artifacts
+
+
+@pytest.mark.slow
+def test_offline_session_holds_per_class_plots_and_debug_samples(offline_run: dict) -> None:
+    """Plots: each evaluation's confusion matrix and per-class top-1; Debug Samples: the
+    prediction grid each epoch and the mixed training batch (the recipe mixes)."""
+    session = _sessions(offline_run["cache"])[0]
+    events = _metrics(session)
+    plots = {(e["metric"], e["iter"]): json.loads(e["plot_str"])["data"][0]
+             for e in events if e["type"] == "plot"}
+    summary = read_summary(offline_run["out"])
+    for row in summary["history"]:
+        matrix = plots[("confusion matrix", row["epoch"])]["z"]
+        assert sum(map(sum, matrix)) == 64  # every test image once
+        assert sum(matrix[i][i] for i in range(10)) / 64 == pytest.approx(row["val_top1"])
+        bars = plots[("per-class top-1", row["epoch"])]
+        assert bars["type"] == "bar" and len(bars["y"]) == 10
+    best = summary["best_per_class"]
+    assert plots[("per-class top-1", best["epoch"])]["y"] == pytest.approx(
+        [c["top1"] or 0.0 for c in best["classes"]])
+    images = {(e["metric"], e["variant"], e["iter"]): Path(e["url"])
+              for e in events if e["type"] == "training_debug_image"}
+    assert set(images) == {("predictions", "test images", 1), ("predictions", "test images", 2),
+                           ("mixed training batch", "train", 1)}
+    from PIL import Image
+    for path in images.values():
+        assert Image.open(path).size[0] > 300  # a 4 x 4 grid with captions
+    acc = EventAccumulator(str(offline_run["out"] / "tensorboard"))
+    acc.Reload()
+    steps = {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+    assert steps == {"predictions/test images": [1, 2], "mixed training batch/train": [1],
+                     "val/confusion_matrix": [1, 2]}
 
 
 @pytest.mark.slow
@@ -106,17 +140,25 @@ def test_a_cpu_run_prints_only_what_means_something(offline_run: dict) -> None:
 
 
 def test_clearml_internals_we_use_exist() -> None:
-    """trackers.py relies on three clearml 2.1 internals (use_report_threads,
-    machine_monitor_class, register_offline_model); a clearml release that renames one
-    fails here, not in a user's run."""
+    """clearml_task.py relies on clearml 2.1 internals (use_report_threads,
+    machine_monitor_class, register_offline_model, adopt_offline_record, attach_task); a
+    clearml release that renames one fails here, not in a user's run."""
     from clearml import OutputModel, Task
+    from clearml.config.defs import PROC_MASTER_ID_ENV_VAR
     from clearml.utilities.resource_monitor import ResourceMonitor
 
     assert hasattr(Task, "_report_subprocess_enabled")
     assert callable(getattr(OutputModel, "_update_weights_offline", None))
     source = inspect.getsource(ResourceMonitor)
     assert "self._gpustat = gpustat" in source and "if not self._gpustat" in source
-    assert issubclass(trackers.machine_monitor_class(), ResourceMonitor)
+    assert issubclass(clearml_task.machine_monitor_class(), ResourceMonitor)
+    # register_offline_model and adopt_offline_record: the offline models list, task.json
+    # written by _edit, and the variable spawned ranks find the owner's task by
+    source = inspect.getsource(Task)
+    assert "_offline_output_models" in inspect.getsource(OutputModel._update_weights_offline)
+    assert callable(getattr(Task, "_edit", None)) and callable(Task.reload)
+    assert "offline_output_models" in inspect.getsource(Task._save_data_to_offline_dir)
+    assert PROC_MASTER_ID_ENV_VAR.key == "CLEARML_PROC_MASTER_ID" and "__is_subprocess" in source
 
 
 @pytest.mark.slow
