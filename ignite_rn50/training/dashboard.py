@@ -14,10 +14,11 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
+import ignite.distributed as idist
 import yaml
 
-from ignite_rn50.config.declaration import Config
-from ignite_rn50.config.parsing import config_from_dashboard
+from ignite_rn50.config.declaration import FIELDS, Config
+from ignite_rn50.config.parsing import ATTRIBUTE_OF_KEY, config_from_dashboard, make_config
 from ignite_rn50.outputs import clearml_task, logs
 from ignite_rn50.system import device as dev
 from ignite_rn50.training.runtime import owns_output_dir
@@ -81,3 +82,22 @@ def connected(cfg: Config) -> Iterator[Config]:
             print(f"ClearML offline session: {folder}.zip; import it into a server with "
                   f"python -c \"from clearml import Task; Task.import_offline_session("
                   f"'{folder}.zip')\"", flush=True)
+
+
+NODE_LOCAL = {"node_rank", "gpu_id", "data", "download"}  # each node's own, never rank 0's
+
+
+def rank0_config(cfg: Config) -> Config:
+    """Every rank's Config as the run's owner resolved it. A --nproc job's ranks got it with
+    the spawn; under torchrun/SLURM and on the other nodes of a job only global rank 0 read
+    the dashboard, so each rank takes rank 0's values (one broadcast as the ranks start),
+    except what is its node's own (``NODE_LOCAL``)."""
+    if idist.get_world_size() == 1 or not ("clearml" in cfg.loggers
+                                           and cfg.clearml_mode != "off"):
+        return cfg
+    theirs = yaml.safe_load(idist.broadcast(yaml.safe_dump(cfg.as_dict()), src=0))
+    values = {name: getattr(cfg, name) for name in FIELDS}
+    values.update({ATTRIBUTE_OF_KEY[key]: value for key, value in theirs.items()
+                   if ATTRIBUTE_OF_KEY[key] not in NODE_LOCAL})
+    resolved = make_config(values)
+    return cfg if resolved == cfg else resolved

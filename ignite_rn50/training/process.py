@@ -23,7 +23,7 @@ from ignite_rn50.outputs import logs, plots, trackers
 from ignite_rn50.system import device as dev
 from ignite_rn50.system import distributed
 from ignite_rn50.system.signals import GracefulStop
-from ignite_rn50.training import checkpoints, handlers, reports, summary
+from ignite_rn50.training import checkpoints, dashboard, handlers, reports, summary
 from ignite_rn50.training.assembly import build_parts
 from ignite_rn50.training.checkpoints import Checkpoints
 from ignite_rn50.training.context import RunContext
@@ -196,6 +196,7 @@ def train(local_rank: int, cfg: Config) -> None:
 
 
 def _train_logging_divergence(cfg: Config) -> None:
+    cfg = dashboard.rank0_config(cfg)  # torchrun/SLURM: rank 0 read the ClearML dashboard
     try:
         run_training(cfg)
     except Diverged as exc:
