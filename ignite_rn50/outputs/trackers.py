@@ -2,8 +2,9 @@
 models they show, and the progress bar.
 
 ``TRACKERS`` is the one list (``--loggers`` takes its names): each entry starts a tracker
-from a ``TrackerContext`` and returns an object with ignite's ``logger``, the ``report_*``
-methods (images, a confusion matrix, per-class top-1), ``publish_model`` and ``close``.
+from a ``TrackerContext`` and returns an object with ignite's ``logger`` and ``close``, and
+where it shows them the ``report_*`` methods (images, a confusion matrix, per-class top-1)
+and ``publish_model``.
 This module imports ignite and clearml only inside its functions: ``config.py`` reads the
 names at ``--help`` time, before torch loads.
 
@@ -132,27 +133,29 @@ TRACKERS: dict[str, TrackerSpec] = {
 
 
 class Tracking:
-    """The trackers of one run: what rank 0 reports goes to each of them; ``close`` finishes
-    them (the ClearML task uploads summary.json and curves.png first)."""
+    """The trackers of one run: what rank 0 reports goes to each tracker that shows it (the
+    ``report_*`` and ``publish_model`` methods are optional: a tracker of scalars only has
+    none); ``close`` finishes them (the ClearML task uploads summary.json and curves.png)."""
 
     def __init__(self, trackers: list[Any] | None = None) -> None:
         self.trackers = trackers or []
 
-    def report_image(self, title: str, series: str, image: np.ndarray, step: int) -> None:
+    def _each(self, method: str, *args: Any) -> None:
         for tracker in self.trackers:
-            tracker.report_image(title, series, image, step)
+            if hasattr(tracker, method):
+                getattr(tracker, method)(*args)
+
+    def report_image(self, title: str, series: str, image: np.ndarray, step: int) -> None:
+        self._each("report_image", title, series, image, step)
 
     def report_confusion(self, matrix: np.ndarray, names: list[str], step: int) -> None:
-        for tracker in self.trackers:
-            tracker.report_confusion(matrix, names, step)
+        self._each("report_confusion", matrix, names, step)
 
     def report_per_class(self, top1: list[float], names: list[str], step: int) -> None:
-        for tracker in self.trackers:
-            tracker.report_per_class(top1, names, step)
+        self._each("report_per_class", top1, names, step)
 
     def publish_model(self, name: str, weights: Path) -> None:
-        for tracker in self.trackers:
-            tracker.publish_model(name, weights)
+        self._each("publish_model", name, weights)
 
     def close(self, out: Path) -> None:
         trackers, self.trackers = self.trackers, []

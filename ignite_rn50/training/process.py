@@ -93,14 +93,12 @@ def attach_outputs(ctx: RunContext, saves: Checkpoints) -> Outputs:
                      profile_range(ctx.cfg.profile_steps)).attach(ctx.trainer)
     saves.attach(ctx.trainer, ctx.cfg.save_every_iters)
     run_summary = summary.RunSummary.attach(ctx, lambda: fps.fps, lambda: saves.best_path)
-    tracking = start_trackers(ctx)
-    reports.attach(ctx, saves, tracking)
-    return Outputs(saves, run_summary, tracking)
+    return Outputs(saves, run_summary, start_trackers(ctx, saves))
 
 
-def start_trackers(ctx: RunContext) -> trackers.Tracking:
-    """Rank 0's trackers; ClearML's reports into the task the run's owner opened
-    (training/dashboard.py)."""
+def start_trackers(ctx: RunContext, saves: Checkpoints) -> trackers.Tracking:
+    """Rank 0's trackers (ClearML's reports into the task the run's owner opened:
+    training/dashboard.py), with what they show besides scalars (reports.py)."""
     if not ctx.rt.is_main:
         return trackers.Tracking()
     cfg = ctx.cfg
@@ -110,10 +108,12 @@ def start_trackers(ctx: RunContext) -> trackers.Tracking:
                  "task": cfg.clearml_task, "tags": cfg.clearml_tags,
                  "output_uri": cfg.clearml_output_uri},
         gpu_monitor=dev.gpu_monitor_works(ctx.rt.device))
-    return trackers.start(cfg.loggers, where, ctx.trainer, ctx.evaluator,
-                          ema_evaluator=ctx.ema_evaluator,
-                          iter_metrics=trackers.ITER_METRICS + (
-                              ["grad_norm"] if cfg.clip_grad_norm is not None else []))
+    tracking = trackers.start(cfg.loggers, where, ctx.trainer, ctx.evaluator,
+                              ema_evaluator=ctx.ema_evaluator,
+                              iter_metrics=trackers.ITER_METRICS + (
+                                  ["grad_norm"] if cfg.clip_grad_norm is not None else []))
+    reports.attach(ctx, saves, tracking)
+    return tracking
 
 
 def log_start(ctx: RunContext) -> None:

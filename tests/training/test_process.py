@@ -43,7 +43,7 @@ def _run(out: Path, order: list[str]) -> RunContext:
         "checkpoints": lambda: saves.attach(ctx.trainer, None),
         "summary": lambda: summary.RunSummary.attach(ctx, lambda: fps.fps,
                                                      lambda: saves.best_path),
-        "trackers": lambda: process.start_trackers(ctx),
+        "trackers": lambda: process.start_trackers(ctx, saves),
     }
     for name in order:
         made[name] = attach[name]()
