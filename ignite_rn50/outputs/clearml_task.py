@@ -70,24 +70,23 @@ def machine_monitor_class() -> type:
 def register_offline_model(task: Any, name: str, weights: Path) -> None:
     """clearml 2.1.x's OutputModel.update_weights raises AttributeError offline (it asks a
     DummyModel whether the model is locked); its offline branch is the same registration
-    without that check. It appends to the task's list of offline models and copies the file
-    into the session, but writes task.json only at the task's next edit: the earlier entry
-    of the same name (and its copy) is dropped, so the session holds one model per name, and
-    task.json is written now, so a killed run leaves the models of its last save."""
+    without that check. It copies the file into the session and appends to the task's list
+    of offline models, but writes task.json only at the task's next edit: here the earlier
+    entry of the same name leaves the list, task.json is written at once (``_edit``), and
+    only then is the earlier copy deleted, so at any moment task.json names files that
+    exist and a killed run leaves the models of its last save."""
     from clearml import OutputModel
 
-    kept = []
-    for entry in task._offline_output_models:
-        if entry["init"]["name"] == name:
-            old = entry["weights"].get("weights_filename")
-            if old and Path(old).name != weights.name:
-                Path(old).unlink(missing_ok=True)
-        else:
-            kept.append(entry)
-    task._offline_output_models = kept
+    earlier = [entry for entry in task._offline_output_models if entry["init"]["name"] == name]
     model = OutputModel(task=task, name=name, framework="PyTorch")
     model._update_weights_offline(weights_filename=str(weights))
-    task._edit()  # offline: writes task.json with the models (no server call)
+    task._offline_output_models = [entry for entry in task._offline_output_models
+                                   if entry not in earlier]
+    task._edit()  # offline: writes task.json, models included (no server call)
+    for entry in earlier:
+        old = entry["weights"].get("weights_filename")
+        if old and Path(old).name != weights.name:
+            Path(old).unlink(missing_ok=True)
 
 
 def adopt_offline_record(task: Any) -> None:

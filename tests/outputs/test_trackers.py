@@ -91,6 +91,8 @@ def test_offline_session_holds_hparams_metrics_model(offline_run: dict) -> None:
     assert len(task["offline_output_models"]) == 2 and models["last"].is_file()
     assert models["last"].read_bytes() == (offline_run["out"] / "checkpoint_2.pt").read_bytes()
     assert models["best"].is_file() and models["best"].name.startswith("best_checkpoint_")
+    assert {p.name for p in (session / "models").iterdir()} == {
+        models["last"].name, models["best"].name}  # one file per model, the newest
     assert hyper["environment"]["torch"]["description"].startswith("read-only")
     console = (session / "log.jsonl").read_text()
     assert "Epoch [2/2] done" in console  # the console log

@@ -32,6 +32,7 @@ from tests.helpers import (
     popen_run,
     read_summary,
     run_cli,
+    run_main,
 )
 
 CMDLINE = [*TINY, "--loggers", "clearml"]  # lr 0.05, global batch 32, 2 epochs, 1 process
@@ -93,7 +94,7 @@ def test_an_agent_run_trains_the_edited_values_and_a_kill_leaves_its_models(
     out = tmp_path / "run"
     session = edit_clearml_task(stored_task, tmp_path / "cache", {
         "training/lr": "0.02", "training/batch_size": "16", "training/epochs": "3",
-        "output/output_dir": str(out)})
+        "data/synthetic_train_size": "128", "output/output_dir": str(out)})
     proc = popen_run([*CMDLINE, "--output-dir", str(tmp_path / "cmdline")],
                      env=agent_env(tmp_path / "cache", session))
     try:
@@ -109,7 +110,7 @@ def test_an_agent_run_trains_the_edited_values_and_a_kill_leaves_its_models(
     assert (summary["lr"], summary["global_batch_size"], summary["epochs_completed"]) == \
         (0.02, 16, 2)
     log = (out / "train.log").read_text()
-    assert "global batch 16, 16 iterations/epoch, 3 epochs, lr 0.02," in log
+    assert "global batch 16, 8 iterations/epoch, 3 epochs, lr 0.02," in log
     assert "Epoch [2/3] done" in log and "lr 0.020000" in log
     # the dashboard's parameters are what trained
     trained = yaml.safe_load((out / "config.yaml").read_text())
@@ -121,8 +122,9 @@ def test_an_agent_run_trains_the_edited_values_and_a_kill_leaves_its_models(
     assert models["best"].name.startswith("best_checkpoint_")
     assert models["last"].read_bytes() == (out / "checkpoint_2.pt").read_bytes()
     assert set(torch.load(models["best"], map_location="cpu", weights_only=True)) >= {"model"}
-    assert {p.name for p in (session / "models").iterdir()} == {
-        models["last"].name, models["best"].name}  # one file per model, the newest
+    # what task.json names exists (a kill may leave the copy it no longer names as well)
+    assert {models["last"].name, models["best"].name} <= {
+        p.name for p in (session / "models").iterdir()}
 
 
 @pytest.mark.slow
@@ -133,14 +135,14 @@ def test_a_two_process_agent_run_trains_the_edited_values_into_one_task(
     session = edit_clearml_task(stored_task, tmp_path / "cache", {
         "training/lr": "0.02", "training/batch_size": "16", "training/epochs": "1",
         "distributed/nproc": "2", "distributed/port": str(free_port()),
-        "output/output_dir": str(out)})
+        "data/synthetic_train_size": "128", "output/output_dir": str(out)})
     proc = run_cli(CMDLINE, env=agent_env(tmp_path / "cache", session), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_summary(out)
     assert (summary["lr"], summary["global_batch_size"], summary["epochs_completed"],
             summary["world_size"]) == (0.02, 16, 1, 2)
     log = (out / "train.log").read_text()
-    assert "on cpu x 2, global batch 16, 16 iterations/epoch, 1 epochs, lr 0.02," in log
+    assert "on cpu x 2, global batch 16, 8 iterations/epoch, 1 epochs, lr 0.02," in log
     assert clearml_sessions(tmp_path / "cache") == [session]  # rank 0 reported into it
     stored = clearml_params(session)
     assert stored["environment/backend"] == "gloo (2 processes)"
@@ -163,9 +165,13 @@ def test_a_bad_edited_value_is_one_line_naming_the_parameter(stored_task: Path,
     ([], "no ClearML server is configured"),
     (["--clearml-mode", "offline"], "needs clearml in --loggers and --clearml-mode auto")])
 def test_clearml_queue_without_a_server_is_one_line(tmp_path: Path, extra: list[str],
-                                                    needle: str) -> None:
-    env = base_env(CLEARML_CACHE_DIR=str(tmp_path / "cache"), HOME=str(tmp_path))
-    proc = run_cli([*CMDLINE, "--clearml-queue", "gpu", *extra, "--output-dir",
-                    str(tmp_path / "o")], env=env)
+                                                    needle: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CLEARML_API_HOST", "CLEARML_API_ACCESS_KEY", "CLEARML_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/clearml.conf
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "cache"))
+    proc = run_main([*CMDLINE, "--clearml-queue", "gpu", *extra, "--output-dir",
+                     str(tmp_path / "o")])
     assert_one_line_error(proc, "--clearml-queue gpu", needle)
     assert not (tmp_path / "o").exists() and not (tmp_path / "cache").exists()
