@@ -100,7 +100,7 @@ def ema_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("ema")
     args = [*TINY, "--synthetic-train-size", "64", "--synthetic-test-size", "32",
             "--batch-size", "16", "--ema-momentum", "0.2",
-            "--clip-grad-norm", "5", "--profile-steps", "2:3"]
+            "--clip-grad-norm", "5", "--profile-steps", "2:3", "--loggers", "tensorboard"]
     whole, resumed = root / "whole", root / "resumed"
     for argv in ([*args, "--output-dir", str(whole)],
                  [*args, "--epochs", "1", "--output-dir", str(resumed)],

@@ -211,3 +211,17 @@ def test_online_dead_server_falls_back_offline_without_leaking_secret(tmp_path: 
     for path in [*out.rglob("*"), *(tmp_path / "cache").rglob("*")]:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_tensorboard_has_the_ema_scores_and_the_gradient_norm(ema_runs: tuple) -> None:
+    """--ema-momentum adds val_ema/* beside val/*, --clip-grad-norm train/grad_norm."""
+    whole, _ = ema_runs
+    acc = EventAccumulator(str(whole / "tensorboard"))
+    acc.Reload()
+    assert {"val_ema/top1", "val_ema/top5", "val_ema/loss", "val/top1",
+            "train/grad_norm"} <= set(acc.Tags()["scalars"])
+    history = read_summary(whole)["history"]
+    top1 = {e.step: e.value for e in acc.Scalars("val_ema/top1")}
+    assert top1 == pytest.approx({r["epoch"]: r["val_ema_top1"] for r in history}, abs=1e-6)
+    assert len(acc.Scalars("train/grad_norm")) == 2  # the print points (every 4 steps)
