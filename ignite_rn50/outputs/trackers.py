@@ -107,8 +107,7 @@ class ClearMLTracker:
             if (out / name).is_file():
                 self.task.upload_artifact(name=name, artifact_object=str(out / name),
                                           wait_on_upload=True)
-        self.task.flush(wait_for_uploads=True)
-        self.logger.close()
+        self.task.flush(wait_for_uploads=True)  # not ClearMLLogger.close(): it closes the task
 
 
 def task_options(ctx: TrackerContext) -> Any:
