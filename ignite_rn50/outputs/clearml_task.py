@@ -195,6 +195,10 @@ def open_task(opts: TaskOptions) -> tuple[Any, bool]:
         offline = True
         Task.set_offline(True)
         task = Task.init(**kwargs)
+    if not task.is_offline() and not task.output_uri:
+        log.warning("warning: the ClearML task has no output URI: its models are registered "
+                    "as paths on this machine; --clearml-output-uri true uploads them to the "
+                    "ClearML file server")
     return task, offline or task.is_offline()
 
 

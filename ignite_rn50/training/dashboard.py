@@ -12,6 +12,7 @@ with the spawn, as they get any Config. Rank 0 reports into the same task
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator
 
 import ignite.distributed as idist
@@ -31,7 +32,7 @@ def task_options(cfg: Config) -> clearml_task.TaskOptions:
     gpu = dev.gpu_monitor_works(torch.device(dev.resolve_device_type(cfg.device)))
     return clearml_task.TaskOptions(
         mode=cfg.clearml_mode, project=cfg.clearml_project,
-        name=cfg.clearml_task or cfg.output_dir.rstrip("/").split("/")[-1],
+        name=cfg.clearml_task or Path(cfg.output_dir).expanduser().resolve().name,
         tags=tuple(cfg.clearml_tags), gpu_monitor=gpu,
         output_uri=True if uri is not None and uri.lower() == "true" else uri)
 
