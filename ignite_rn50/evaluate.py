@@ -108,14 +108,14 @@ def evaluate_shard(job: EvalJob) -> None:
 def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), torch lazily
     """The test split and the model with the file's weights (a file that does not fit is one
     UserError naming the first mismatching key)."""
-    from ignite_rn50.config.specs import synthetic_sizes
+    from ignite_rn50.config.specs import read_options
     from ignite_rn50.data.readers import load_test_set
     from ignite_rn50.data.registry import dataset_spec
     from ignite_rn50.model import weights
     from ignite_rn50.model.resnet import build_model
 
     cfg = job.cfg
-    test = load_test_set(dataset_spec(cfg.dataset), cfg.data, synthetic_sizes(cfg))
+    test = load_test_set(dataset_spec(cfg.dataset), cfg.data, read_options(cfg))
     model = build_model(cfg.depth, test.num_classes)
     weights.load_into(model, job.checkpoint, flag="--checkpoint", weights=job.weights)
     return test, model
@@ -123,7 +123,7 @@ def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), 
 
 def launch(job: EvalJob) -> None:
     from ignite_rn50.config import specs
-    from ignite_rn50.config.specs import synthetic_sizes
+    from ignite_rn50.config.specs import read_options
     from ignite_rn50.data.readers import num_classes
     from ignite_rn50.data.registry import dataset_spec
     from ignite_rn50.model import weights
@@ -134,7 +134,7 @@ def launch(job: EvalJob) -> None:
     cfg = job.cfg
     backend, _ = preflight(cfg, claim_output=False)
     # a file that does not fit stops here, once, before any process starts
-    classes = num_classes(dataset_spec(cfg.dataset), synthetic_sizes(cfg))
+    classes = num_classes(dataset_spec(cfg.dataset), cfg.data, read_options(cfg))
     weights.load_into(build_model(cfg.depth, classes), job.checkpoint, flag="--checkpoint",
                       weights=job.weights)
     distributed.launch(evaluate, job, specs.topology(cfg, backend))

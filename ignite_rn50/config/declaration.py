@@ -382,8 +382,11 @@ def _validate_data(cfg: Config, need: Need) -> None:
          f"{cfg.synthetic_image_size}")
     spec = dataset_spec(cfg.dataset)
     if spec.needs_files and cfg.data is None:
-        need(not cfg.download, f"--download needs --data, the folder to download "
-             f"{spec.title} into (it then holds {spec.folder}/)")
-        need(False, f"--data is required for --dataset {cfg.dataset}: pass the {spec.folder} "
-             "folder or its parent (add --download to fetch it there), or --dataset synthetic "
-             "for a demo")
+        fetch = spec.download
+        need(not cfg.download or fetch is None, f"--download needs --data, the folder to "
+             f"download {spec.title} into (it then holds {fetch and fetch.folder}/)")
+        need(False, f"--data is required for --dataset {cfg.dataset}: pass "
+             f"{spec.data_help}{' (add --download to fetch it there)' if fetch else ''}, or "
+             "--dataset synthetic for a demo")
+    need(not (cfg.download and spec.download is None), f"--download: {spec.title} cannot be "
+         f"downloaded; drop --download and pass {spec.data_help}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ignite_rn50.config.declaration import Config
 from ignite_rn50.data.mixing import MixSpec
-from ignite_rn50.data.readers import SyntheticSizes
+from ignite_rn50.data.spec import ReadOptions, SyntheticSizes
 from ignite_rn50.optim.schedule import ScheduleSpec
 from ignite_rn50.system import precision as prec
 from ignite_rn50.system.distributed import Topology
@@ -19,6 +19,10 @@ from ignite_rn50.system.distributed import Topology
 def synthetic_sizes(cfg: Config) -> SyntheticSizes:
     return SyntheticSizes(cfg.synthetic_train_size, cfg.synthetic_test_size,
                           cfg.synthetic_classes, cfg.synthetic_image_size)
+
+
+def read_options(cfg: Config) -> ReadOptions:
+    return ReadOptions(synthetic=synthetic_sizes(cfg), workers=cfg.num_workers)
 
 
 def schedule_spec(cfg: Config, epoch_length: int) -> ScheduleSpec:

@@ -7,7 +7,8 @@ uninterrupted run would have seen (exactly for the device pipeline; the torchvis
 replays the same images, with fresh augmentation draws from its workers).
 
 Augmentation is the reference one: random crop with 4 px zero padding (at 32x32), horizontal
-flip with p=0.5, normalisation by the dataset's mean/std (``registry.py``). Both pipelines
+flip with p=0.5 where the dataset allows it (its spec's ``flip``), normalisation by the
+dataset's mean/std (``ImageSet.mean``/``std``). Both pipelines
 draw crop offsets uniformly from 0..8 and flips with rate 0.5, and give bit-identical
 evaluation inputs.
 """
@@ -23,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ignite_rn50.data.readers import ImageSet
-from ignite_rn50.data.registry import CIFAR100_MEAN, CIFAR100_STD
+from ignite_rn50.data.spec import CIFAR100_MEAN, CIFAR100_STD, ImageSet
 from ignite_rn50.system import device as dev
 
 PAD = 4  # at 32x32, the reference; smaller (synthetic) images pad in proportion
@@ -150,7 +150,7 @@ class DeviceTrainData:
         self.labels = data.labels[shard].to(device)
         self.device, self.batch_size, self.rank, self.seed = (device, feed.batch_size,
                                                               feed.rank, feed.seed)
-        self.norm = Normalization.of(data)
+        self.norm, self.flip = Normalization.of(data), data.flip
         self.memory_format = dev.memory_format(channels_last)
         # every rank gets the same number of batches (the smallest shard decides): DDP needs it
         self.num_batches = feed.batches_in(len(data) // feed.world_size, len(data))
@@ -168,7 +168,9 @@ class DeviceTrainData:
         perm = torch.randperm(n, generator=gen)
         offsets = torch.randint(0, 2 * pad_for(self.images.shape[-1]) + 1, (n, 2),
                                 generator=gen)
-        flips = torch.rand(n, generator=gen) < 0.5
+        flips = torch.rand(n, generator=gen) < 0.5  # drawn either way: the same stream
+        if not self.flip:
+            flips = torch.zeros_like(flips)
         perm, offsets, flips = (t.to(self.device, non_blocking=True)
                                 for t in (perm, offsets, flips))
         start, self.start_batch = self.start_batch, 0
@@ -217,8 +219,8 @@ def torchvision_transforms(data: ImageSet, train: bool):
     if not train:
         return T.Compose(tail)
     image_size = data.image_size
-    return T.Compose([T.RandomCrop(image_size, padding=pad_for(image_size)),
-                      T.RandomHorizontalFlip()] + tail)
+    flip = [T.RandomHorizontalFlip()] if data.flip else []
+    return T.Compose([T.RandomCrop(image_size, padding=pad_for(image_size)), *flip, *tail])
 
 
 class _ResumableSampler(DistributedSampler):

@@ -56,7 +56,7 @@ def build_dataflow(cfg: Config, device: torch.device, *, launched_externally: bo
     if launched_externally:
         download_once_per_job(cfg, launched_externally=True)
     train_set, test_set = load_datasets(dataset_spec(cfg.dataset), cfg.data,
-                                        specs.synthetic_sizes(cfg))
+                                        specs.read_options(cfg))
     batch = cfg.batch_size // world
     eval_batch = specs.eval_batch_per_process(cfg, world)
     on_device = cfg.data_pipeline == "device" or (

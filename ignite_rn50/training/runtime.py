@@ -77,9 +77,7 @@ def preflight(cfg: Config, claim_output: bool = True
         dev.deterministic_environment()  # before any rank starts or a library reads it
     if not external:
         download_once_per_job(cfg, launched_externally=False)  # before any rank reads it
-    spec = dataset_spec(cfg.dataset)
-    if spec.needs_files:
-        locate(spec, cfg.data)
+    locate(dataset_spec(cfg.dataset), cfg.data)
     lock = None
     if claim_output and owns_output_dir(cfg.node_rank):
         lock = rundir.claim_output_dir(cfg.output_dir, resuming=cfg.resume is not None)

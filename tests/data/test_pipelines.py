@@ -12,7 +12,7 @@ import torch
 
 from ignite_rn50.data import pipelines
 from ignite_rn50.data.readers import ImageSet, make_synthetic
-from ignite_rn50.data.registry import CIFAR100_MEAN
+from ignite_rn50.data.spec import CIFAR100_MEAN
 from tests.helpers import TINY, read_summary, run_cli, run_main
 
 

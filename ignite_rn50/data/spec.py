@@ -1,0 +1,130 @@
+"""What a dataset is to the trainer: a ``DatasetSpec`` owns everything about its data (where
+``--data`` points, how it is fetched, how a split is read, its normalisation, whether its
+images may be flipped), and every split comes out as an ``ImageSet``.
+
+Plain data at the top level (no torch, numpy or torchvision: ``config/declaration.py`` lists
+the registry's names for ``--help``); a spec's ``read`` imports what it needs when it runs.
+A new dataset is a subclass in a file of its own plus one entry in ``registry.py``
+(docs/extending.md walks through one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from ignite_rn50.errors import UserError, path_problem
+
+if TYPE_CHECKING:
+    import torch
+
+Stats = tuple[float, float, float]  # per channel on 0-255 RGB
+
+# mmcls resnet50_8xb16_cifar100's statistics: the default of an ImageSet
+CIFAR100_MEAN, CIFAR100_STD = (129.304, 124.070, 112.434), (68.170, 65.392, 70.418)
+
+
+@dataclass
+class ImageSet:
+    """One split: uint8 ``[N, 3, H, W]`` images and int64 labels, as both input pipelines
+    take them, with what the pipelines and the checkpoints need to know of the dataset."""
+
+    images: torch.Tensor  # uint8 [N, 3, H, W]
+    labels: torch.Tensor  # int64 [N]
+    num_classes: int
+    mean: Stats = CIFAR100_MEAN  # the dataset's statistics, 0-255 RGB
+    std: Stats = CIFAR100_STD
+    class_names: tuple[str, ...] | None = None  # by label index, where the dataset names them
+    flip: bool = True  # the training pipeline may mirror these images
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+
+@dataclass(frozen=True)
+class SyntheticSizes:
+    """The --synthetic-* options."""
+
+    train: int
+    test: int
+    classes: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a run tells the readers beyond ``--data``: the synthetic sizes, the side images
+    are resized to (datasets that resize), a given normalisation (``--mean``/``--std`` or a
+    checkpoint's record) and the decoding workers."""
+
+    synthetic: SyntheticSizes | None = None
+    image_size: int = 32
+    mean: Stats | None = None
+    std: Stats | None = None
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class Download:
+    """An archive the dataset is fetched as: torchvision's downloader checks its MD5 and
+    extracts it, giving ``folder``."""
+
+    url: str
+    archive: str
+    md5: str
+    folder: str  # what the archive extracts to, under --data
+
+
+class DatasetSpec:
+    """The seam every dataset implements (see the module's docstring)."""
+
+    # name (the --dataset value) and title (what users call it, in messages): no class
+    # value here, so that a dataclass spec can take them as fields
+    name: str
+    title: str
+    needs_files: ClassVar[bool] = True  # --data required
+    flip: ClassVar[bool] = True  # horizontal flips suit it (not digits, not text)
+    resizes: ClassVar[bool] = False  # takes --image-size
+    download: ClassVar[Download | None] = None  # what --download fetches, if it can
+    data_help: ClassVar[str] = ""  # what --data should name, in messages
+
+    def present(self, root: Path) -> bool:
+        """Whether the files are in ``root`` (--download fetches them otherwise)."""
+        return True
+
+    def locate(self, data: str | None) -> Path | None:
+        """--data resolved to where the files are; one UserError naming the fix otherwise."""
+        if not self.needs_files:
+            return None
+        if data is None:
+            raise UserError(f"--data is required for --dataset {self.name}: pass "
+                            f"{self.data_help}")
+        return existing_folder(data, self.data_help)
+
+    def read(self, split: str, where: Path | None, options: ReadOptions,
+             train: ImageSet | None = None) -> ImageSet:
+        """``split`` ("train" or "test") as an ImageSet. ``train``: the training split, read
+        first, for datasets whose test split takes its statistics or class list."""
+        raise NotImplementedError
+
+    def count_classes(self, where: Path | None, options: ReadOptions) -> int:
+        """The classes a model for this dataset has (before reading the images)."""
+        raise NotImplementedError
+
+
+def existing_folder(data: str | Path, expected: str) -> Path:
+    """``--data`` as an existing, readable folder, or one line saying what is wrong."""
+    path = Path(data).expanduser()
+    problem = path_problem(path)
+    if problem:
+        raise UserError(f"--data {path} {problem}; pass {expected}")
+    if not path.exists():
+        raise UserError(f"--data {path} does not exist; pass {expected}")
+    if not path.is_dir():
+        raise UserError(f"--data {path} is a file; pass {expected}")
+    return path
