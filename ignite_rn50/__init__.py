@@ -11,8 +11,8 @@ floor; ``tests/test_structure.py`` keeps it so. From the bottom up:
 4. ``config/``: the declared options, which list the registries of the rooms below as
    choices, and the specs those rooms take, made from a Config;
 5. ``training/``: one run put together from all of the above;
-6. the entry points: ``run``, ``evaluate``, ``export``, ``modelzoo`` (with ``cli``, the one
-   runner they share, and ``__main__``).
+6. the entry points: ``run``, ``evaluate``, ``export``, ``predict``, ``modelzoo`` (with
+   ``cli``, the one runner they share, and ``__main__``).
 """
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ignite_rn50 import cli
 from ignite_rn50.config.declaration import Config
@@ -49,11 +50,30 @@ def parse(argv: list[str] | None) -> EvalJob:
     from ignite_rn50.outputs.perclass import check_folder
 
     args = vars(build_eval_parser().parse_args(argv))
-    checkpoint, per_class = args.pop("checkpoint"), args.pop("per_class", None)
+    checkpoint = cli.existing_file("--checkpoint", args.pop("checkpoint"))
+    per_class = args.pop("per_class", None)
     which = args.pop("weights", None)
-    cfg = config_from_args(args, fixed=TRAINING_ONLY)
-    return EvalJob(cfg, cli.existing_file("--checkpoint", checkpoint),
-                   check_folder(Path(per_class)) if per_class is not None else None, which)
+    cfg = config_from_args(args, fixed=TRAINING_ONLY, base=checkpoint_defaults(checkpoint))
+    return EvalJob(cfg, checkpoint, check_folder(Path(per_class)) if per_class else None,
+                   which)
+
+
+def checkpoint_defaults(path: Path) -> dict[str, Any]:
+    """The options one of our checkpoints records (dataset, depth, stem; image size and
+    normalisation for datasets that resize), taken unless a flag or --config says otherwise:
+    evaluate, export and predict need no more than the checkpoint (and the data)."""
+    from ignite_rn50.data.registry import DATASETS
+    from ignite_rn50.model.weights import read_facts
+
+    facts = read_facts(path)
+    out = {k: facts[k] for k in ("dataset", "depth", "stem") if facts.get(k) is not None}
+    if out.get("dataset") not in DATASETS:
+        return {}
+    if DATASETS[out["dataset"]].resizes:
+        out["image_size"] = facts["image_size"]
+        if facts.get("mean") and facts.get("std"):
+            out["mean"], out["std"] = list(facts["mean"]), list(facts["std"])
+    return out
 
 
 def evaluate(local_rank: int, job: EvalJob) -> None:
@@ -112,11 +132,11 @@ def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), 
     from ignite_rn50.data.readers import load_test_set
     from ignite_rn50.data.registry import dataset_spec
     from ignite_rn50.model import weights
-    from ignite_rn50.model.resnet import build_model
+    from ignite_rn50.model.resnet import build_model, resolve_stem
 
     cfg = job.cfg
     test = load_test_set(dataset_spec(cfg.dataset), cfg.data, read_options(cfg))
-    model = build_model(cfg.depth, test.num_classes)
+    model = build_model(cfg.depth, test.num_classes, resolve_stem(cfg.stem, test.image_size))
     weights.load_into(model, job.checkpoint, flag="--checkpoint", weights=job.weights)
     return test, model
 
@@ -127,16 +147,17 @@ def launch(job: EvalJob) -> None:
     from ignite_rn50.data.readers import num_classes
     from ignite_rn50.data.registry import dataset_spec
     from ignite_rn50.model import weights
-    from ignite_rn50.model.resnet import build_model
+    from ignite_rn50.model.resnet import build_model, resolve_stem
     from ignite_rn50.system import distributed
     from ignite_rn50.training.runtime import preflight
 
     cfg = job.cfg
     backend, _ = preflight(cfg, claim_output=False)
     # a file that does not fit stops here, once, before any process starts
-    classes = num_classes(dataset_spec(cfg.dataset), cfg.data, read_options(cfg))
-    weights.load_into(build_model(cfg.depth, classes), job.checkpoint, flag="--checkpoint",
-                      weights=job.weights)
+    spec, options = dataset_spec(cfg.dataset), read_options(cfg)
+    stem = resolve_stem(cfg.stem, spec.image_side(options))
+    weights.load_into(build_model(cfg.depth, num_classes(spec, cfg.data, options), stem),
+                      job.checkpoint, flag="--checkpoint", weights=job.weights)
     distributed.launch(evaluate, job, specs.topology(cfg, backend))
 
 

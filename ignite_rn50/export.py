@@ -28,6 +28,7 @@ from ignite_rn50 import cli
 from ignite_rn50.config.declaration import Config
 from ignite_rn50.config.parsing import TRAINING_ONLY, build_parser, config_from_args
 from ignite_rn50.errors import Stop, UserError, path_problem
+from ignite_rn50.evaluate import checkpoint_defaults
 
 PROG = "ignite_rn50.export"
 NAMES = {"mmcls": ("input", "probs"), "modelzoo": ("actual_input_1", "output1")}
@@ -91,8 +92,9 @@ def parse(argv: list[str] | None) -> ExportJob:
                                              "dynamic_batch", "names", "softmax", "aipp",
                                              "with_preprocess", "verify_data", "weights")
            if name in args}
-    cfg = config_from_args(args, fixed={**TRAINING_ONLY, **ONE_CPU_PROCESS})
     checkpoint = cli.existing_file("--checkpoint", job["checkpoint"])
+    cfg = config_from_args(args, fixed={**TRAINING_ONLY, **ONE_CPU_PROCESS},
+                           base=checkpoint_defaults(checkpoint))
     batch = None if job.get("dynamic_batch") else job.get("batch", 1)
     if batch is not None and batch < 1:
         raise UserError(f"--batch must be positive, got {batch}")

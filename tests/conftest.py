@@ -12,7 +12,17 @@ import pytest
 import torch
 
 from ignite_rn50.model.weights import to_mmcls
-from tests.helpers import REPO, STANDIN, TINY, base_env, model_state, run_main, write_cifar
+from tests.helpers import (
+    FOLDER_RUN,
+    REPO,
+    STANDIN,
+    TINY,
+    base_env,
+    model_state,
+    run_main,
+    write_cifar,
+    write_digits,
+)
 
 # The signal tests send SIGINT to the processes they start. A pytest started in the background
 # by a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and so would every
@@ -50,6 +60,23 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fp16 = {"module." + k: v.half() if v.is_floating_point() and "bn" not in k else v
             for k, v in mmcls.items()}
     torch.save({"meta": {"epoch": 1}, "state_dict": fp16}, out / "mmcls_fp16.pth")
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """scikit-learn's digits as PNG/JPEG class folders (``write_digits``), written once:
+    read it, never write into it (copy it to change it)."""
+    return write_digits(tmp_path_factory.mktemp("digits") / "digits")
+
+
+@pytest.fixture(scope="session")
+def trained_folder(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run trained once on ``digits_dir`` (device pipeline, ResNet-18, 16 px, 3 epochs):
+    read it, never write into it."""
+    out = tmp_path_factory.mktemp("trained_folder") / "run"
+    proc = run_main([*FOLDER_RUN, "--data", str(digits_dir), "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 

@@ -30,6 +30,12 @@ TINY = ["--device", "cpu", "--dataset", "synthetic", "--synthetic-image-size", "
         "--lr", "0.05", "--lr-milestones", "100", "--print-freq", "4", "--loggers",
         "--progress-bar", "off", "--num-workers", "0"]
 
+# A folder-dataset run on the digits (``write_digits``): ResNet-18, 16 px, three epochs
+FOLDER_RUN = ["--device", "cpu", "--dataset", "folder", "--image-size", "16", "--depth", "18",
+              "--batch-size", "50", "--epochs", "3", "--lr", "0.05", "--lr-milestones", "100",
+              "--print-freq", "4", "--loggers", "--progress-bar", "off", "--num-workers", "0",
+              "--data-pipeline", "device"]
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -193,3 +199,38 @@ def edit_clearml_task(session: Path, cache: Path, edits: dict[str, str]) -> Path
         task["hyperparams"][section][name]["value"] = value
     (copy / "task.json").write_text(json.dumps(task))
     return copy
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGIT_MODES = ("L", "RGB", "P", "RGBA")  # grey, colour, palette, with alpha: all read as RGB
+
+
+def write_digits(root: Path, train_per_class: int = 50, val_per_class: int = 16,
+                 split: str = "val") -> Path:
+    """scikit-learn's handwritten digits (8x8, 0-16) as real image files in ImageFolder's
+    layout, ``root/train/<name>/`` and ``root/<split>/<name>/``: PNG and JPEG, sides from 10
+    to 27 px, grey, RGB, palette and RGBA images, ink coloured per image. Returns ``root``."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(0)
+    counts = {name: 0 for name in DIGIT_NAMES}
+    for i, (image, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+        name = DIGIT_NAMES[label]
+        seen = counts[name]
+        if seen >= train_per_class + val_per_class:
+            continue
+        counts[name] += 1
+        folder = root / ("train" if seen < train_per_class else split) / name
+        folder.mkdir(parents=True, exist_ok=True)
+        ink = (image / 16.0)[..., None] * rng.integers(128, 256, 3)
+        pixels = Image.fromarray((255 - ink).astype(np.uint8)).resize(
+            (10 + i % 18, 10 + i % 18), Image.BILINEAR)
+        mode = DIGIT_MODES[i % len(DIGIT_MODES)]
+        pixels = pixels.convert(mode) if mode != "P" else pixels.quantize(16)
+        if i % 3 == 0 and mode in ("L", "RGB"):
+            pixels.save(folder / f"{i}.jpg", quality=95)
+        else:
+            pixels.save(folder / f"{i}.png")
+    return root

@@ -79,7 +79,9 @@ class Config:
     # --- data -----------------------------------------------------------------------------
     dataset: str = _opt("cifar100", "dataset", choices=tuple(DATASETS), group="data")
     data: str | None = _opt(None, "the dataset's folder (cifar-100-python, "
-                            "cifar-10-batches-py) or its parent", group="data")
+                            "cifar-10-batches-py) or its parent; for --dataset folder, the "
+                            "folder holding train/<class>/<image> and val/ (or test/)",
+                            group="data")
     download: bool = _opt(False, "download the dataset into --data if it is missing",
                           group="data")
     data_pipeline: str = _opt("auto", "input pipeline: device = augment batched tensors on "
@@ -95,9 +97,18 @@ class Config:
     synthetic_test_size: int = _opt(1000, "images in the synthetic test set", group="data")
     synthetic_classes: int = _opt(100, "classes in the synthetic dataset", group="data")
     synthetic_image_size: int = _opt(32, "side of the synthetic images in pixels", group="data")
+    image_size: int = _opt(32, "--dataset folder: images are resized (shorter side) and "
+                           "centre-cropped to this side once, at load", group="data")
+    mean: list[float] = _opt([], "--dataset folder: per-channel mean on 0-255 RGB (3 values)",
+                             group="data", shows="computed from the training split")
+    std: list[float] = _opt([], "--dataset folder: per-channel std on 0-255 RGB (3 values)",
+                            group="data", shows="computed from the training split")
 
     # --- model and optimisation -----------------------------------------------------------
     depth: int = _opt(50, "ResNet depth", choices=(18, 34, 50, 101, 152), group="model")
+    stem: str = _opt("auto", "the network's stem: cifar = 3x3 conv, no max-pool; imagenet = "
+                     "7x7 stride-2 conv + max-pool; auto = cifar up to 64 px images, imagenet "
+                     "above", choices=("auto", "cifar", "imagenet"), group="model")
     batch_size: int = _opt(128, "GLOBAL batch size, split evenly over all processes")
     eval_batch_size: int | None = _opt(None, "global evaluation batch size",
                                        shows="--batch-size")
@@ -240,7 +251,7 @@ DIST_TIMEOUT_MAX = 30 * 24 * 3600  # seconds; timedelta and c10d overflow far ab
 
 def _is_float_option(name: str) -> bool:
     tp = typing.get_type_hints(Config)[name]
-    return tp is float or float in typing.get_args(tp)
+    return tp is float or float in typing.get_args(tp) or tp == list[float]
 
 
 FLOAT_OPTIONS = tuple(name for name in FIELDS if _is_float_option(name))
@@ -252,7 +263,8 @@ def validate(cfg: Config) -> None:
     reliably: inf passes ``> 0``, NaN fails every comparison with the wrong message)."""
     for name in FLOAT_OPTIONS:
         value = getattr(cfg, name)
-        _need(value is None or math.isfinite(value),
+        values = value if isinstance(value, list) else [value]  # lists of numbers too
+        _need(all(v is None or math.isfinite(v) for v in values),
               f"{flag(name)} must be a finite number, got {value}")
     for name, field in FIELDS.items():
         choices = field.metadata["choices"]
@@ -381,6 +393,16 @@ def _validate_data(cfg: Config, need: Need) -> None:
     need(cfg.synthetic_image_size >= 8, f"--synthetic-image-size must be >= 8, got "
          f"{cfg.synthetic_image_size}")
     spec = dataset_spec(cfg.dataset)
+    need(8 <= cfg.image_size <= 4096, f"--image-size must be in 8..4096, got {cfg.image_size}")
+    own = [flag(n) for n in ("image_size", "mean", "std") if getattr(cfg, n) != default_of(n)]
+    need(spec.resizes or not own, f"{', '.join(own)} apply to --dataset folder, not "
+         f"{cfg.dataset} (its images and statistics are fixed); drop {', '.join(own)}")
+    for name in ("mean", "std"):
+        values = getattr(cfg, name)
+        need(len(values) in (0, 3) and all(v > 0 or name == "mean" for v in values),
+             f"--{name} takes 3 per-channel values on 0-255 RGB{', all > 0' * (name == 'std')}, "
+             f"got {values}")
+    need(bool(cfg.mean) == bool(cfg.std), "--mean and --std go together; pass both or neither")
     if spec.needs_files and cfg.data is None:
         fetch = spec.download
         need(not cfg.download or fetch is None, f"--download needs --data, the folder to "

@@ -174,11 +174,14 @@ TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": F
                  "accum_steps": 1, "profile_steps": None}
 
 
-def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None) -> Config:
-    """Parsed flags (argparse's dict, unset flags absent) over the --config file over the
-    declared defaults; ``fixed`` values over all three."""
+def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None,
+                     base: dict[str, Any] | None = None) -> Config:
+    """Parsed flags (argparse's dict, unset flags absent) over the --config file over
+    ``base`` (what a checkpoint says of its run) over the declared defaults; ``fixed`` values
+    over all of them."""
     args = dict(args)
-    values = load_yaml(args.pop("config")) if "config" in args else {}
+    values = dict(base or {})
+    values.update(load_yaml(args.pop("config")) if "config" in args else {})
     values.update(args)
     values.update(fixed or {})
     return make_config(values)

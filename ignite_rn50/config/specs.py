@@ -22,7 +22,10 @@ def synthetic_sizes(cfg: Config) -> SyntheticSizes:
 
 
 def read_options(cfg: Config) -> ReadOptions:
-    return ReadOptions(synthetic=synthetic_sizes(cfg), workers=cfg.num_workers)
+    return ReadOptions(synthetic=synthetic_sizes(cfg), image_size=cfg.image_size,
+                       mean=tuple(cfg.mean) if cfg.mean else None,  # type: ignore[arg-type]
+                       std=tuple(cfg.std) if cfg.std else None,  # type: ignore[arg-type]
+                       workers=cfg.num_workers)
 
 
 def schedule_spec(cfg: Config, epoch_length: int) -> ScheduleSpec:

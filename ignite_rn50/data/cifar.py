@@ -52,6 +52,10 @@ class PickledCifar(DatasetSpec):
     flip: ClassVar[bool] = True
 
     @property
+    def stats(self) -> tuple[Stats, Stats]:  # type: ignore[override]
+        return self.mean, self.std
+
+    @property
     def data_help(self) -> str:  # type: ignore[override]
         return f"the folder that holds {self.folder}/"
 

@@ -7,6 +7,7 @@ Plain data (no torch), so ``--help`` can list them before anything heavy loads.
 from __future__ import annotations
 
 from ignite_rn50.data.cifar import CIFAR10, CIFAR100
+from ignite_rn50.data.folder import ImageFolderSpec
 from ignite_rn50.data.spec import DatasetSpec
 from ignite_rn50.data.synthetic import Synthetic
 
@@ -14,6 +15,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cifar100": CIFAR100,
     "cifar10": CIFAR10,
     "synthetic": Synthetic(),
+    "folder": ImageFolderSpec(),
 }
 
 

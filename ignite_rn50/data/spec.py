@@ -92,6 +92,7 @@ class DatasetSpec:
     resizes: ClassVar[bool] = False  # takes --image-size
     download: ClassVar[Download | None] = None  # what --download fetches, if it can
     data_help: ClassVar[str] = ""  # what --data should name, in messages
+    stats: ClassVar[tuple[Stats, Stats] | None] = None  # fixed (mean, std), if it has them
 
     def present(self, root: Path) -> bool:
         """Whether the files are in ``root`` (--download fetches them otherwise)."""
@@ -111,6 +112,10 @@ class DatasetSpec:
         """``split`` ("train" or "test") as an ImageSet. ``train``: the training split, read
         first, for datasets whose test split takes its statistics or class list."""
         raise NotImplementedError
+
+    def image_side(self, options: ReadOptions) -> int:
+        """The side its images will have once read (before reading them)."""
+        return options.image_size if self.resizes else 32
 
     def count_classes(self, where: Path | None, options: ReadOptions) -> int:
         """The classes a model for this dataset has (before reading the images)."""

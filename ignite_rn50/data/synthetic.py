@@ -7,7 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from ignite_rn50.data.spec import DatasetSpec, ImageSet, ReadOptions, SyntheticSizes
+from ignite_rn50.data.spec import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DatasetSpec,
+    ImageSet,
+    ReadOptions,
+    Stats,
+    SyntheticSizes,
+)
 from ignite_rn50.errors import UserError
 
 
@@ -15,12 +23,16 @@ class Synthetic(DatasetSpec):
     name: ClassVar[str] = "synthetic"
     title: ClassVar[str] = "synthetic"
     needs_files: ClassVar[bool] = False
+    stats: ClassVar[tuple[Stats, Stats]] = (CIFAR100_MEAN, CIFAR100_STD)
 
     def read(self, split: str, where: Path | None, options: ReadOptions,
              train: ImageSet | None = None) -> ImageSet:
         sizes = _sizes(options)
         size, seed = (sizes.train, 1) if split == "train" else (sizes.test, 2)
         return make_synthetic(size, sizes.classes, sizes.image_size, split_seed=seed)
+
+    def image_side(self, options: ReadOptions) -> int:
+        return _sizes(options).image_size
 
     def count_classes(self, where: Path | None, options: ReadOptions) -> int:
         return _sizes(options).classes

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ignite_rn50.errors import UserError
+from ignite_rn50.model.resnet import stem_of
 
 # mmcls prefix -> ours, tried in order on each key
 MMCLS_PREFIXES = (("backbone.", ""), ("head.fc.", "fc."))
@@ -97,6 +98,10 @@ def load_into(model: nn.Module, path: Path, flag: str, weights: str | None = "ra
     A file of another depth or class count is one UserError naming the first mismatch, a
     file holding NaN/inf one naming the first such tensor."""
     state, layout = read_state_dict(path, flag, weights)
+    theirs, ours = stem_of(state), stem_of(model.state_dict())
+    if theirs and ours and theirs != ours:
+        raise UserError(f"{flag} {path} was trained with the {theirs} stem, this model has the "
+                        f"{ours} stem; pass --stem {theirs} (or start without {flag})")
     problem = first_mismatch(model, state)
     if problem is not None:
         raise UserError(f"{flag} {path} ({layout} layout) does not fit this model: {problem}; "
@@ -108,3 +113,24 @@ def load_into(model: nn.Module, path: Path, flag: str, weights: str | None = "ra
     model.load_state_dict(state)
     return layout
 
+
+
+FACTS_KEY = "data"  # our checkpoints' record of the data and network (training/checkpoints.py)
+
+
+def read_facts(path: Path) -> dict:
+    """What one of our checkpoints records of its data and network (dataset, class names,
+    normalisation, image size, stem, depth, classes); {} for other files. mmcls files give
+    their ``meta["CLASSES"]`` as the class names."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - read_state_dict names what is wrong with the file
+        return {}
+    if not isinstance(blob, dict):
+        return {}
+    facts = blob.get(FACTS_KEY)
+    if isinstance(facts, dict):
+        return dict(facts)
+    meta = blob.get("meta")
+    classes = meta.get("CLASSES") if isinstance(meta, dict) else None
+    return {"class_names": [str(c) for c in classes]} if classes else {}

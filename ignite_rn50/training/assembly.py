@@ -16,7 +16,7 @@ from ignite_rn50.config import specs
 from ignite_rn50.config.declaration import Config
 from ignite_rn50.data.mixing import BatchMix
 from ignite_rn50.model import weights
-from ignite_rn50.model.resnet import build_model
+from ignite_rn50.model.resnet import build_model, resolve_stem
 from ignite_rn50.optim.schedule import LrSchedule
 from ignite_rn50.system import device as dev
 from ignite_rn50.system import distributed
@@ -64,7 +64,7 @@ def build_parts(cfg: Config, rt: Runtime, data: Dataflow) -> Parts:
     compilation, in the order each requires: apex casts the model before DDP wraps it, and
     DDP broadcasts rank 0's weights."""
     memory_format = dev.memory_format(cfg.channels_last)
-    model = build_model(cfg.depth, data.num_classes)
+    model = build_model(cfg.depth, data.num_classes, resolve_stem(cfg.stem, data.image_size))
     if cfg.init_from is not None:
         layout = weights.load_into(model, Path(cfg.init_from), flag="--init-from")
         if rt.is_main:

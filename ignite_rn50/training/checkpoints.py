@@ -29,6 +29,8 @@ from ignite.handlers import Checkpoint, DiskSaver
 
 from ignite_rn50.errors import OutOfSpace, UserError
 from ignite_rn50.events import RunEvents
+from ignite_rn50.model.resnet import resolve_stem
+from ignite_rn50.model.weights import FACTS_KEY
 from ignite_rn50.outputs import rundir
 from ignite_rn50.system import distributed
 from ignite_rn50.system import precision as prec
@@ -51,12 +53,43 @@ class RunIdentity:
         return dict(self.values)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = {"stem": STEM_BEFORE_IT_WAS_RECORDED, **state}  # every older run had it
         mismatched = [f"{k}: checkpoint has {state.get(k)!r}, this run {v!r}"
                       for k, v in self.values.items() if state.get(k) != v]
         if mismatched:
             raise UserError("checkpoint does not match this run (" + "; ".join(mismatched) +
                             "); pass the same options as the run that wrote it, or another "
                             "--output-dir")
+
+
+@dataclass
+class DataFacts:
+    """What a checkpoint records of its data and network, so that evaluate, export and
+    predict need nothing else (``weights.read_facts`` reads it back): saved, never restored
+    (the run's own data says it again)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def data_facts(ctx: RunContext) -> DataFacts:
+    data, cfg = ctx.data, ctx.cfg
+    mean, std = data.stats or (None, None)
+    return DataFacts({"dataset": cfg.dataset, "depth": cfg.depth,
+                      "num_classes": data.num_classes,
+                      "class_names": list(data.class_names) if data.class_names else None,
+                      "mean": list(mean) if mean else None, "std": list(std) if std else None,
+                      "image_size": data.image_size,
+                      "stem": resolve_stem(cfg.stem, data.image_size)})
+
+
+OPTIONAL = {FACTS_KEY}  # older checkpoints lack them
+STEM_BEFORE_IT_WAS_RECORDED = "cifar"
 
 
 @dataclass
@@ -233,6 +266,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def restore(to_load: dict[str, Any], state: dict[str, Any], path: Path) -> None:
+    to_load = {k: v for k, v in to_load.items() if k in state or k not in OPTIONAL}
     missing = [k for k in to_load if k not in state]
     if missing:
         raise UserError(f"--resume {path} lacks {', '.join(missing)}: it was not written by "
@@ -252,12 +286,13 @@ def setup_checkpoints(ctx: RunContext) -> Checkpoints:
     """One ``to_save`` dict serves saving and resuming; ``identity`` names what a checkpoint
     must match to be resumed."""
     parts = ctx.parts
+    facts = data_facts(ctx)
     identity = RunIdentity({"depth": ctx.cfg.depth, "num_classes": ctx.data.num_classes,
                             "optimizer": type(parts.optimizer).__name__,
-                            "amp": parts.precision.describe()})
+                            "amp": parts.precision.describe(), "stem": facts.values["stem"]})
     to_save: dict[str, Any] = {"model": parts.model, "optimizer": parts.optimizer,
                                "lr_scheduler": parts.schedule, "trainer": ctx.trainer,
-                               "record": ctx.record, "identity": identity}
+                               "record": ctx.record, "identity": identity, FACTS_KEY: facts}
     if parts.scaler is not None:
         to_save["scaler"] = parts.scaler
     if parts.precision.backend == "apex":

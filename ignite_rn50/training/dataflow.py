@@ -30,6 +30,7 @@ class Dataflow:
     kind: str  # "device" or "torchvision"
     class_names: tuple[str, ...] | None = None  # the dataset's, where it names them
     image_size: int = 32  # the side of the images (FLOPs per image)
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # mean, std on 0-255
 
 
 def download_once_per_job(cfg: Config, *, launched_externally: bool) -> None:
@@ -82,4 +83,4 @@ def build_dataflow(cfg: Config, device: torch.device, *, launched_externally: bo
         raise UserError(f"{exc}; lower --batch-size or use more data") from None
     return Dataflow(train, evals, test_set.num_classes, batch,
                     "device" if on_device else "torchvision", test_set.class_names,
-                    image_size=test_set.image_size)
+                    image_size=test_set.image_size, stats=(test_set.mean, test_set.std))

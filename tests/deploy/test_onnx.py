@@ -195,3 +195,19 @@ def test_export_takes_the_ema_weights_unless_told_raw(ema_runs: tuple[Path, Path
         with torch.no_grad():
             assert np.allclose(outputs[which], model.eval()(x).numpy(), atol=1e-4), which
     assert not np.allclose(outputs["ema"], outputs["raw"], atol=1e-3)
+
+
+def test_a_folder_trained_checkpoint_exports_and_agrees(trained_folder: Path, digits_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """Its record gives the image size, statistics, stem and classes: the flags name only
+    the data its check runs on."""
+    path = tmp_path / "digits.onnx"
+    proc = run_main(["--checkpoint", str(trained_folder / "checkpoint_3.pt"), "--output",
+                     str(path), "--batch", "4", "--data", str(digits_dir)],
+                    module="ignite_rn50.export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = _last(proc.stdout.strip().splitlines())
+    assert float(match[4]) < 1e-4 and match[5] == match[6] == "4"
+    graph = onnx.load(str(path)).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [4, 3, 16, 16]
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 10

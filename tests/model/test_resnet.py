@@ -44,3 +44,27 @@ def test_depths_zero_init_residual_and_head(depth: int, block: type) -> None:
     assert all(torch.count_nonzero(getattr(b, last_bn).weight) == 0 for b in blocks)
     assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.1)
     assert torch.count_nonzero(model.fc.bias) == 0
+
+
+def test_the_imagenet_stem_and_auto() -> None:
+    from ignite_rn50.model.resnet import resolve_stem, stem_of
+
+    model = build_model(18, 7, "imagenet")
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2)
+    assert isinstance(model.maxpool, nn.MaxPool2d) and model.fc.out_features == 7
+    assert model(torch.zeros(2, 3, 96, 96)).shape == (2, 7)
+    assert [resolve_stem("auto", s) for s in (32, 64, 65, 224)] == [
+        "cifar", "cifar", "imagenet", "imagenet"]
+    assert resolve_stem("cifar", 224) == "cifar"
+    assert stem_of(model.state_dict()) == "imagenet"
+    assert stem_of(build_model(18, 7).state_dict()) == "cifar"
+
+
+def test_weights_of_another_stem_are_refused_by_name(tmp_path) -> None:
+    from ignite_rn50.errors import UserError
+    from ignite_rn50.model.weights import load_into
+
+    torch.save({"model": build_model(18, 10).state_dict()}, tmp_path / "cifar.pt")
+    with pytest.raises(UserError, match="trained with the cifar stem, this model has the "
+                       "imagenet stem; pass --stem cifar"):
+        load_into(build_model(18, 10, "imagenet"), tmp_path / "cifar.pt", flag="--init-from")

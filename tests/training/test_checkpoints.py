@@ -192,3 +192,16 @@ def test_full_disk_stops_every_rank_of_a_job(tmp_path: Path, tmpfs) -> None:
     line = assert_one_line_error_status(proc, 4)
     assert "is full" in line and "checkpoint_1.pt, is intact" in line
     assert "exited with status" not in proc.stderr  # the rank said why; nothing repeated
+
+
+def test_resume_with_another_stem_is_refused_by_name() -> None:
+    from ignite_rn50.errors import UserError
+    from ignite_rn50.training.checkpoints import RunIdentity
+
+    identity = RunIdentity({"depth": 18, "stem": "imagenet"})
+    with pytest.raises(UserError, match="stem: checkpoint has 'cifar', this run 'imagenet'"):
+        identity.load_state_dict({"depth": 18, "stem": "cifar"})
+    # a checkpoint from before stems were recorded was a CIFAR-stem run: it resumes as one
+    RunIdentity({"depth": 18, "stem": "cifar"}).load_state_dict({"depth": 18})
+    with pytest.raises(UserError, match="stem: checkpoint has 'cifar'"):
+        identity.load_state_dict({"depth": 18})

@@ -1,0 +1,71 @@
+"""``python -m ignite_rn50.predict`` (``predict.py``): a checkpoint trained on image folders
+names the right class of most held-out images, in text and JSON; an mmcls 0.x file gives its
+``meta["CLASSES"]``; an unreadable image is named and the others still predicted."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ignite_rn50.model.weights import to_mmcls
+from tests.helpers import DIGIT_NAMES, model_state, run_cli, run_main
+
+
+def _predict(*args: str) -> tuple[int, list[str], str]:
+    proc = run_main([*args], module="ignite_rn50.predict")
+    return proc.returncode, proc.stdout.strip().splitlines(), proc.stderr
+
+
+def test_names_the_right_class_of_most_held_out_images(trained_folder: Path,
+                                                       digits_dir: Path) -> None:
+    checkpoint = str(trained_folder / "checkpoint_3.pt")
+    status, lines, err = _predict("--checkpoint", checkpoint, str(digits_dir / "val"), "--json",
+                                  "--topk", "3")
+    assert status == 0, err
+    rows = [json.loads(line) for line in lines]
+    assert len(rows) == 160 and all(len(r["top"]) == 3 for r in rows)
+    right = sum(Path(r["path"]).parent.name == r["top"][0]["class"] for r in rows)
+    assert right > 0.5 * len(rows), right  # chance: 16
+    first = rows[0]["top"]
+    assert sorted(DIGIT_NAMES)[first[0]["index"]] == first[0]["class"]
+    assert first[0]["prob"] >= first[1]["prob"] >= first[2]["prob"] > 0
+    # text: one line per image, "PATH: NAME PROB%, ..." with the same classes
+    status, text, err = _predict("--checkpoint", checkpoint, rows[0]["path"], "--topk", "3")
+    assert status == 0, err
+    assert text == [f"{rows[0]['path']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.2f}%"
+                                                      for t in first)]
+
+
+def test_an_unreadable_image_is_named_and_the_others_predicted(trained_folder: Path,
+                                                               digits_dir: Path,
+                                                               tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    shutil.copytree(digits_dir / "val" / "seven", folder / "seven")
+    (folder / "seven" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    (folder / "notes.txt").write_text("not an image file: not read")
+    proc = run_cli(["--checkpoint", str(trained_folder / "checkpoint_3.pt"), str(folder)],
+                   module="ignite_rn50.predict")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    named = [line for line in proc.stderr.splitlines() if "broken.jpg" in line]
+    assert len(named) == 1 and "does not decode as an image" in named[0]
+    assert len(proc.stdout.strip().splitlines()) == 16
+
+
+def test_an_mmcls_file_gives_its_meta_classes(trained_folder: Path, digits_dir: Path,
+                                              tmp_path: Path) -> None:
+    facts = torch.load(trained_folder / "checkpoint_3.pt", weights_only=True)["data"]
+    mmcls = tmp_path / "mmcls.pth"
+    classes = [f"digit {name}" for name in facts["class_names"]]
+    torch.save({"meta": {"CLASSES": classes},
+                "state_dict": to_mmcls(model_state(trained_folder / "checkpoint_3.pt"))}, mmcls)
+    stats = [str(v) for v in facts["mean"]], [str(v) for v in facts["std"]]
+    status, lines, err = _predict("--checkpoint", str(mmcls), str(digits_dir / "val" / "two"),
+                                  "--json", "--depth", "18", "--image-size", "16", "--dataset",
+                                  "folder", "--mean", *stats[0], "--std", *stats[1])
+    assert status == 0, err
+    tops = [json.loads(line)["top"][0]["class"] for line in lines]
+    assert set(tops) <= set(classes) and tops.count("digit two") > len(tops) / 2
