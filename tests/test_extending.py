@@ -159,18 +159,66 @@ def test_entry_point_walkthrough(tmp_path: Path) -> None:
     assert line == "ignite_rn50.shards: error: --batch-size must be positive, got 0"
 
 
+def write_npz_digits(folder: Path) -> None:
+    """scikit-learn's digits as the walk-through's train.npz and test.npz (8x8, RGB)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.repeat((digits.images * 15.9).astype(np.uint8)[..., None], 3, axis=3)
+    classes = np.array([f"digit {i}" for i in range(10)])
+    folder.mkdir()
+    for name, part in (("train", slice(0, 160)), ("test", slice(160, 224))):
+        np.savez(folder / f"{name}.npz", images=images[part], labels=digits.target[part],
+                 classes=classes)
+
+
+def test_dataset_walkthrough(tmp_path: Path) -> None:
+    """Follows "A dataset": data/npz.py and its registry entry; --help lists it, its split
+    says no flips, a run trains on its files and names its classes, and a folder without
+    its files is one line."""
+    root = follow(tmp_path, "A dataset")
+    helped = command(root, ["-m", "ignite_rn50.run", "--help"])
+    assert "--dataset {cifar100,cifar10,synthetic,folder,npz}" in " ".join(
+        helped.stdout.split()), helped.stdout[:2000]
+    data = tmp_path / "npz"
+    write_npz_digits(data)
+    read = command(root, ["-c", "from ignite_rn50.data.readers import load_datasets; "
+                          "from ignite_rn50.data.registry import DATASETS; "
+                          f"tr, te = load_datasets(DATASETS['npz'], {str(data)!r}); "
+                          "print(tr.flip, tuple(tr.images.shape), te.mean == tr.mean)"])
+    assert read.stdout.split() == ["False", "(160,", "3,", "8,", "8)", "True"], read.stderr
+    (command_line,) = _try_it("A dataset")
+    args = [a.replace("DIR", str(data)).replace("runs/npz", str(tmp_path / "run"))
+            for a in command_line[1:]]
+    proc = command(root, [*args, *SMALL[:2], "--batch-size", "32", "--print-freq", "2",
+                          "--progress-bar", "off", "--loggers", "--num-workers", "0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["dataset"] == "npz" and summary["epochs_completed"] == 2
+    assert [c["class"] for c in summary["best_per_class"]["classes"]] == [
+        f"digit {i}" for i in range(10)]
+    (data / "test.npz").unlink()
+    refused = command(root, [*args, "--device", "cpu"])
+    assert_one_line_error(refused, f"--data {data} lacks test.npz")
+
+
 def test_walkthroughs_keep_ruff_and_the_structure_checks(tmp_path: Path) -> None:
-    """All three walk-throughs at once, with the entry point's step 2 (``"shards"`` beside
-    ``"run"`` in FLOORS and LIGHT): ruff stays clean and tests/test_structure.py passes on
-    the copy (all but its one training run)."""
-    root = follow(tmp_path, "An LR policy", "An experiment tracker", "An entry point")
+    """All four walk-throughs at once, with the entry point's step 2 (``"shards"`` beside
+    ``"run"`` in FLOORS and LIGHT, the top level's limit one higher) and the dataset's step
+    3 (``"data.npz"`` in LIGHT): ruff stays clean and tests/test_structure.py passes on the
+    copy (all but its one training run)."""
+    root = follow(tmp_path, "An LR policy", "An experiment tracker", "An entry point",
+                  "A dataset")
     shutil.copytree(REPO / "tests", root / "tests",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", root)
     structure = root / "tests" / "test_structure.py"
     text = structure.read_text()
-    assert text.count('"run", "evaluate"') == 2
-    structure.write_text(text.replace('"run", "evaluate"', '"run", "shards", "evaluate"'))
+    assert text.count('"run", "evaluate"') == 2 and text.count("len(top) <= 10") == 1
+    text = text.replace('"run", "evaluate"', '"run", "shards", "evaluate"')
+    text = text.replace("len(top) <= 10", "len(top) <= 11")
+    structure.write_text(text.replace('"data.registry", ', '"data.registry", "data.npz", '))
     ruff = subprocess.run([sys.executable, "-m", "ruff", "check", "ignite_rn50"], cwd=root,
                           capture_output=True, text=True, timeout=120)
     assert ruff.returncode == 0, ruff.stdout + ruff.stderr

@@ -11,12 +11,14 @@ import pytest
 from ignite_rn50.config.parsing import build_parser, config_from_args
 from ignite_rn50.evaluate import build_eval_parser
 from ignite_rn50.export import build_export_parser
+from ignite_rn50.predict import build_predict_parser
 from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
 # the notes whose flags are ours (results.md and teardown.md quote the benchmarks' own flags)
 NOTES = {name: (REPO / "docs" / name).read_text() for name in ("design.md", "extending.md")}
-PARSERS = {"run": build_parser, "evaluate": build_eval_parser, "export": build_export_parser}
+PARSERS = {"run": build_parser, "evaluate": build_eval_parser, "export": build_export_parser,
+           "predict": build_predict_parser}
 # flags of other programs that the README shows (torchrun, srun, tensorboard, the scripts)
 FOREIGN = {"--nproc_per_node", "--nnodes", "--node_rank", "--master_addr", "--master_port",
            "--nodes", "--ntasks-per-node", "--logdir", "--data_path"}
