@@ -110,8 +110,8 @@ def load_predictor(job: PredictJob) -> Predictor:
 
     cfg, facts = job.cfg, weights.read_facts(job.checkpoint)
     state, _ = weights.read_state_dict(job.checkpoint, "--checkpoint")
-    classes = int(facts.get("num_classes") or state["fc.weight"].shape[0]) if (
-        facts.get("num_classes") or "fc.weight" in state) else 100
+    head = state.get("fc.weight")  # a file without one fails load_into, naming the key
+    classes = int(facts.get("num_classes") or (head.shape[0] if head is not None else 100))
     spec = dataset_spec(cfg.dataset)
     size = int(facts.get("image_size") or spec.image_side(read_options(cfg)))
     stats = ((facts.get("mean"), facts.get("std")) if facts.get("mean") else

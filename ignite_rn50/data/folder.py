@@ -36,9 +36,10 @@ class ImageFolderSpec(DatasetSpec):
         if data is None:
             raise UserError(f"--data is required for --dataset folder: pass {LAYOUT}")
         root = existing_folder(data, LAYOUT)
-        classes = find_classes(split_dir(root, "train"))
-        for split in ("train", "test"):  # the layout's faults before any run starts
-            scan(split_dir(root, split), classes, train=split == "train")
+        folders = {split: split_dir(root, split) for split in ("train", "test")}
+        classes = find_classes(folders["train"])
+        for split, folder in folders.items():  # the layout's faults before any run starts
+            scan(folder, classes, train=split == "train")
         return root
 
     def count_classes(self, where: Path | None, options: ReadOptions) -> int:

@@ -83,6 +83,29 @@ def test_pipelines_draw_offsets_uniform_0_8_and_flip_half(kind: str) -> None:
     assert abs(flip_rate - 0.5) < 0.05
 
 
+@pytest.mark.parametrize("kind", ["device", "torchvision"])
+def test_a_dataset_that_forbids_flips_is_never_mirrored(kind: str) -> None:
+    """The flip is the dataset's to allow (``ImageSet.flip``, from its spec); the device
+    pipeline still draws it, so the crops are those a flipping dataset would get."""
+    data = _column_images(512)
+    data.flip = False
+    if kind == "device":
+        feed = pipelines.DeviceTrainData(data, torch.device("cpu"), pipelines.Feed(128, seed=3))
+    else:
+        feed = pipelines.LoaderTrainData(data, pipelines.Feed(128, seed=3), num_workers=0,
+                                        pin_memory=False)
+    feed.set_epoch(1)
+    offs, flip_rate = _offset_stats([_uint8_from_normalized(x) for x, _ in feed])
+    assert flip_rate == 0 and offs.min() == 0 and offs.max() == 8
+    if kind == "device":
+        data.flip = True
+        flipping = pipelines.DeviceTrainData(data, torch.device("cpu"),
+                                             pipelines.Feed(128, seed=3))
+        flipping.set_epoch(1)
+        same, _ = _offset_stats([_uint8_from_normalized(x) for x, _ in flipping])
+        assert np.array_equal(same, offs)
+
+
 def test_eval_inputs_identical_in_both_pipelines() -> None:
     data = make_synthetic(50, 10, 32, split_seed=5)
     device_batches = pipelines.device_eval_batches(data, torch.device("cpu"), 16, rank=0,
