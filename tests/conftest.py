@@ -72,7 +72,7 @@ def digits_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_folder(digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run trained once on ``digits_dir`` (device pipeline, ResNet-18, 16 px, 3 epochs):
+    """A run trained once on ``digits_dir`` (device pipeline, ResNet-18, 12 px, 4 epochs):
     read it, never write into it."""
     out = tmp_path_factory.mktemp("trained_folder") / "run"
     proc = run_main([*FOLDER_RUN, "--data", str(digits_dir), "--output-dir", str(out)])

@@ -78,10 +78,9 @@ class Config:
 
     # --- data -----------------------------------------------------------------------------
     dataset: str = _opt("cifar100", "dataset", choices=tuple(DATASETS), group="data")
-    data: str | None = _opt(None, "the dataset's folder (cifar-100-python, "
-                            "cifar-10-batches-py) or its parent; for --dataset folder, the "
-                            "folder holding train/<class>/<image> and val/ (or test/)",
-                            group="data")
+    data: str | None = _opt(None, "the dataset's folder (cifar-100-python, cifar-10-batches-py)"
+                            " or its parent; --dataset folder: the folder holding train/<class>"
+                            "/<image> and val/ (or test/)", group="data")
     download: bool = _opt(False, "download the dataset into --data if it is missing",
                           group="data")
     data_pipeline: str = _opt("auto", "input pipeline: device = augment batched tensors on "
@@ -393,16 +392,12 @@ def _validate_data(cfg: Config, need: Need) -> None:
     need(cfg.synthetic_image_size >= 8, f"--synthetic-image-size must be >= 8, got "
          f"{cfg.synthetic_image_size}")
     spec = dataset_spec(cfg.dataset)
-    need(8 <= cfg.image_size <= 4096, f"--image-size must be in 8..4096, got {cfg.image_size}")
     own = [flag(n) for n in ("image_size", "mean", "std") if getattr(cfg, n) != default_of(n)]
     need(spec.resizes or not own, f"{', '.join(own)} apply to --dataset folder, not "
          f"{cfg.dataset} (its images and statistics are fixed); drop {', '.join(own)}")
-    for name in ("mean", "std"):
-        values = getattr(cfg, name)
-        need(len(values) in (0, 3) and all(v > 0 or name == "mean" for v in values),
-             f"--{name} takes 3 per-channel values on 0-255 RGB{', all > 0' * (name == 'std')}, "
-             f"got {values}")
-    need(bool(cfg.mean) == bool(cfg.std), "--mean and --std go together; pass both or neither")
+    need(8 <= cfg.image_size <= 4096, f"--image-size must be in 8..4096, got {cfg.image_size}")
+    need(len(cfg.mean) == len(cfg.std) in (0, 3) and all(v > 0 for v in cfg.std), "--mean and "
+         f"--std take 3 values each (0-255 RGB, std > 0), got {cfg.mean} and {cfg.std}")
     if spec.needs_files and cfg.data is None:
         fetch = spec.download
         need(not cfg.download or fetch is None, f"--download needs --data, the folder to "
@@ -410,5 +405,5 @@ def _validate_data(cfg: Config, need: Need) -> None:
         need(False, f"--data is required for --dataset {cfg.dataset}: pass "
              f"{spec.data_help}{' (add --download to fetch it there)' if fetch else ''}, or "
              "--dataset synthetic for a demo")
-    need(not (cfg.download and spec.download is None), f"--download: {spec.title} cannot be "
-         f"downloaded; drop --download and pass {spec.data_help}")
+    need(not cfg.download or spec.download is not None, f"--download: {spec.title} cannot be "
+         "downloaded; drop --download")

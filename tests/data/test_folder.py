@@ -29,12 +29,12 @@ FOLDER = DATASETS["folder"]
 def test_reads_classes_files_and_statistics_as_imagefolder_does(digits_dir: Path) -> None:
     from torchvision.datasets import ImageFolder
 
-    train, val = load_datasets(FOLDER, str(digits_dir), ReadOptions(image_size=16))
+    train, val = load_datasets(FOLDER, str(digits_dir), ReadOptions(image_size=12))
     reference = ImageFolder(str(digits_dir / "train"))
     assert train.class_names == tuple(reference.classes) == tuple(sorted(DIGIT_NAMES))
     assert train.labels.tolist() == reference.targets
-    assert train.images.shape == (500, 3, 16, 16) and train.images.dtype == torch.uint8
-    assert val.images.shape == (160, 3, 16, 16) and val.labels.bincount().tolist() == [16] * 10
+    assert train.images.shape == (500, 3, 12, 12) and train.images.dtype == torch.uint8
+    assert val.images.shape == (160, 3, 12, 12) and val.labels.bincount().tolist() == [16] * 10
     # grey, palette and RGBA files all become RGB; a grey one is the same in its channels
     modes = [Image.open(path).mode for path, _ in reference.samples]
     assert {"L", "RGB", "P", "RGBA"} <= set(modes)
@@ -46,9 +46,9 @@ def test_reads_classes_files_and_statistics_as_imagefolder_does(digits_dir: Path
     assert train.std == pytest.approx(pixels.std(1, unbiased=False).tolist(), abs=1e-3)
     assert val.mean == train.mean and val.std == train.std
     # given statistics win; the test split alone takes the training split's
-    given = ReadOptions(image_size=16, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
+    given = ReadOptions(image_size=12, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
     assert load_test_set(FOLDER, str(digits_dir), given).mean == (1.0, 2.0, 3.0)
-    assert load_test_set(FOLDER, str(digits_dir), ReadOptions(image_size=16)).std == train.std
+    assert load_test_set(FOLDER, str(digits_dir), ReadOptions(image_size=12)).std == train.std
 
 
 def _copy(digits_dir: Path, tmp_path: Path) -> Path:
@@ -59,7 +59,7 @@ def _copy(digits_dir: Path, tmp_path: Path) -> Path:
 
 def _refusal(root: Path, needle: str) -> None:
     with pytest.raises(UserError) as info:
-        load_datasets(FOLDER, str(root), ReadOptions(image_size=16))
+        load_datasets(FOLDER, str(root), ReadOptions(image_size=12))
     assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 
@@ -69,7 +69,7 @@ def test_each_fault_of_the_layout_is_one_line_naming_it(digits_dir: Path,
     (root / "train" / ".hidden.png").write_bytes(b"not an image")  # ignored, as other files
     (root / "train" / "one" / "notes.txt").write_text("ignored")
     shutil.move(root / "val", root / "test")  # test/ where there is no val/
-    assert len(load_test_set(FOLDER, str(root), ReadOptions(image_size=16))) == 160
+    assert len(load_test_set(FOLDER, str(root), ReadOptions(image_size=12))) == 160
     (root / "test" / "eleven").mkdir()
     (root / "test" / "eleven" / "a.png").write_bytes((root / "train" / "one").glob(
         "*.png").__next__().read_bytes())
@@ -108,10 +108,10 @@ def test_trains_to_well_above_chance_and_records_its_data(trained_folder: Path) 
     assert summary["best_top1"] > 0.5, summary["history"]  # chance 0.1
     best = summary["best_per_class"]
     assert [c["class"] for c in best["classes"]] == sorted(DIGIT_NAMES)
-    facts = torch.load(trained_folder / "checkpoint_3.pt", weights_only=True)["data"]
-    assert facts["class_names"] == sorted(DIGIT_NAMES) and facts["image_size"] == 16
+    facts = torch.load(trained_folder / "checkpoint_4.pt", weights_only=True)["data"]
+    assert facts["class_names"] == sorted(DIGIT_NAMES) and facts["image_size"] == 12
     assert facts["stem"] == "cifar" and len(facts["mean"]) == 3 and facts["num_classes"] == 10
-    assert model_state(trained_folder / "checkpoint_3.pt")["fc.weight"].shape == (10, 512)
+    assert model_state(trained_folder / "checkpoint_4.pt")["fc.weight"].shape == (10, 512)
 
 
 @pytest.mark.slow
