@@ -78,9 +78,8 @@ class Config:
 
     # --- data -----------------------------------------------------------------------------
     dataset: str = _opt("cifar100", "dataset", choices=tuple(DATASETS), group="data")
-    data: str | None = _opt(None, "the dataset's folder (cifar-100-python, cifar-10-batches-py)"
-                            " or its parent; --dataset folder: the folder holding train/<class>"
-                            "/<image> and val/ (or test/)", group="data")
+    data: str | None = _opt(None, "the dataset's folder or its parent (cifar-100-python, ...; "
+                            "folder: DIR with train/<class>/ and val/<class>/)", group="data")
     download: bool = _opt(False, "download the dataset into --data if it is missing",
                           group="data")
     data_pipeline: str = _opt("auto", "input pipeline: device = augment batched tensors on "
@@ -96,18 +95,14 @@ class Config:
     synthetic_test_size: int = _opt(1000, "images in the synthetic test set", group="data")
     synthetic_classes: int = _opt(100, "classes in the synthetic dataset", group="data")
     synthetic_image_size: int = _opt(32, "side of the synthetic images in pixels", group="data")
-    image_size: int = _opt(32, "--dataset folder: images are resized (shorter side) and "
-                           "centre-cropped to this side once, at load", group="data")
-    mean: list[float] = _opt([], "--dataset folder: per-channel mean on 0-255 RGB (3 values)",
-                             group="data", shows="computed from the training split")
-    std: list[float] = _opt([], "--dataset folder: per-channel std on 0-255 RGB (3 values)",
-                            group="data", shows="computed from the training split")
+    image_size: int = _opt(32, "folder: resize + centre crop to this side, at load", group="data")
+    mean: list[float] = _opt([], "folder: R G B mean, 0-255", group="data", shows="train split's")
+    std: list[float] = _opt([], "folder: R G B std, 0-255", group="data", shows="the train split's")
 
     # --- model and optimisation -----------------------------------------------------------
     depth: int = _opt(50, "ResNet depth", choices=(18, 34, 50, 101, 152), group="model")
-    stem: str = _opt("auto", "the network's stem: cifar = 3x3 conv, no max-pool; imagenet = "
-                     "7x7 stride-2 conv + max-pool; auto = cifar up to 64 px images, imagenet "
-                     "above", choices=("auto", "cifar", "imagenet"), group="model")
+    stem: str = _opt("auto", "cifar = 3x3 conv, no max-pool; imagenet = 7x7/2 conv + max-pool; auto"
+                     " = cifar up to 64 px", choices=("auto", "cifar", "imagenet"), group="model")
     batch_size: int = _opt(128, "GLOBAL batch size, split evenly over all processes")
     eval_batch_size: int | None = _opt(None, "global evaluation batch size",
                                        shows="--batch-size")
@@ -393,11 +388,8 @@ def _validate_data(cfg: Config, need: Need) -> None:
          f"{cfg.synthetic_image_size}")
     spec = dataset_spec(cfg.dataset)
     own = [flag(n) for n in ("image_size", "mean", "std") if getattr(cfg, n) != default_of(n)]
-    need(spec.resizes or not own, f"{', '.join(own)} apply to --dataset folder, not "
-         f"{cfg.dataset} (its images and statistics are fixed); drop {', '.join(own)}")
-    need(8 <= cfg.image_size <= 4096, f"--image-size must be in 8..4096, got {cfg.image_size}")
-    need(len(cfg.mean) == len(cfg.std) in (0, 3) and all(v > 0 for v in cfg.std), "--mean and "
-         f"--std take 3 values each (0-255 RGB, std > 0), got {cfg.mean} and {cfg.std}")
+    problem = spec.options_problem(cfg.image_size, cfg.mean, cfg.std, own)
+    need(problem is None, problem or "")
     if spec.needs_files and cfg.data is None:
         fetch = spec.download
         need(not cfg.download or fetch is None, f"--download needs --data, the folder to "
@@ -405,5 +397,4 @@ def _validate_data(cfg: Config, need: Need) -> None:
         need(False, f"--data is required for --dataset {cfg.dataset}: pass "
              f"{spec.data_help}{' (add --download to fetch it there)' if fetch else ''}, or "
              "--dataset synthetic for a demo")
-    need(not cfg.download or spec.download is not None, f"--download: {spec.title} cannot be "
-         "downloaded; drop --download")
+    need(not cfg.download or spec.download, f"--download: {spec.title} has no download; drop it")

@@ -113,6 +113,20 @@ class DatasetSpec:
         first, for datasets whose test split takes its statistics or class list."""
         raise NotImplementedError
 
+    def options_problem(self, image_size: int, mean: list[float], std: list[float],
+                        given: list[str]) -> str | None:
+        """What is wrong with --image-size/--mean/--std (``given``: those set) for this
+        dataset, or None."""
+        if given and not self.resizes:
+            return (f"{', '.join(given)} apply to --dataset folder, not {self.name} (its images "
+                    f"and statistics are fixed); drop {', '.join(given)}")
+        if not 8 <= image_size <= 4096:
+            return f"--image-size must be in 8..4096, got {image_size}"
+        if not (len(mean) == len(std) in (0, 3) and all(v > 0 for v in std)):
+            return (f"--mean and --std take 3 values each (0-255 RGB, std > 0), got {mean} and "
+                    f"{std}")
+        return None
+
     def image_side(self, options: ReadOptions) -> int:
         """The side its images will have once read (before reading them)."""
         return options.image_size if self.resizes else 32
