@@ -182,7 +182,7 @@ class Config:
                                      group="output", shows="run here")
     clearml_output_uri: str | None = _opt(None, "where the task's models are uploaded (a "
                                           "storage URL; true = the ClearML file server)",
-                                          group="output", shows="clearml.conf's default")
+                                          group="output", shows="as clearml.conf says")
 
     # ------------------------------------------------------------------------------------
     @property
