@@ -40,6 +40,7 @@ class PredictJob:
     inputs: tuple[Path, ...]
     topk: int
     json: bool
+    weights: str | None = None  # --weights: ema, raw, or None = ema where the file has it
 
 
 def build_predict_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def build_predict_parser() -> argparse.ArgumentParser:
     group.add_argument("--checkpoint", required=True, help="checkpoint file to predict with")
     group.add_argument("--topk", type=int, default=5, help="classes per image (default: 5)")
     group.add_argument("--json", action="store_true", help="one JSON object per image and line")
+    cli.add_weights_flag(group)
     return parser
 
 
@@ -58,6 +60,7 @@ def parse(argv: list[str] | None) -> PredictJob:
     args = vars(build_predict_parser().parse_args(argv))
     checkpoint = cli.existing_file("--checkpoint", args.pop("checkpoint"))
     images, topk, as_json = args.pop("images"), args.pop("topk", 5), args.pop("json", False)
+    which = args.pop("weights", None)
     if topk < 1:
         raise UserError(f"--topk must be positive, got {topk}")
     for text in images:
@@ -72,7 +75,7 @@ def parse(argv: list[str] | None) -> PredictJob:
     cfg = config_from_args(args, fixed={**TRAINING_ONLY, **one_process},
                            base=checkpoint_defaults(checkpoint))
     return PredictJob(cfg, checkpoint, tuple(Path(t).expanduser() for t in images), topk,
-                      as_json)
+                      as_json, which)
 
 
 def image_files(inputs: tuple[Path, ...]) -> list[Path]:
@@ -109,7 +112,7 @@ def load_predictor(job: PredictJob) -> Predictor:
     from ignite_rn50.outputs.perclass import names_for
 
     cfg, facts = job.cfg, weights.read_facts(job.checkpoint)
-    state, _ = weights.read_state_dict(job.checkpoint, "--checkpoint")
+    state, _ = weights.read_state_dict(job.checkpoint, "--checkpoint", job.weights)
     head = state.get("fc.weight")  # a file without one fails load_into, naming the key
     classes = int(facts.get("num_classes") or (head.shape[0] if head is not None else 100))
     spec = dataset_spec(cfg.dataset)
@@ -120,7 +123,7 @@ def load_predictor(job: PredictJob) -> Predictor:
         raise UserError(f"--checkpoint {job.checkpoint} records no normalisation; pass --mean "
                         "and --std (the training split's, 0-255 RGB)")
     model = build_model(cfg.depth, classes, resolve_stem(cfg.stem, size))
-    weights.load_into(model, job.checkpoint, flag="--checkpoint")
+    weights.load_into(model, job.checkpoint, flag="--checkpoint", weights=job.weights)
     return Predictor(model, size, tuple(stats[0]), tuple(stats[1]),
                      names_for(facts.get("class_names"), classes))
 

@@ -8,10 +8,11 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from ignite_rn50.model.weights import to_mmcls
-from tests.helpers import DIGIT_NAMES, model_state, run_cli, run_main
+from tests.helpers import DIGIT_NAMES, assert_one_line_error, model_state, run_cli, run_main
 
 
 def _predict(*args: str) -> tuple[int, list[str], str]:
@@ -72,3 +73,35 @@ def test_an_mmcls_file_gives_its_meta_classes(trained_folder: Path, digits_dir: 
                                   str(digits_dir / "val" / "two"), "--json")
     ours = [[f"digit {t['class']}" for t in json.loads(line)["top"]] for line in lines]
     assert len(theirs) == 16 and theirs == ours  # the same weights, named by meta.CLASSES
+
+
+@pytest.mark.slow
+def test_weights_ema_by_default_raw_when_asked(ema_runs: tuple[Path, Path],
+                                               tmp_path: Path) -> None:
+    """A checkpoint of a run with --ema-momentum predicts with the EMA (as --weights ema);
+    --weights raw with the trained model; --weights ema on a file without EMA: one line."""
+    from PIL import Image
+
+    whole, _ = ema_runs
+    image = tmp_path / "x.png"
+    pixels = torch.randint(0, 256, (8, 8, 3), generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.to(torch.uint8).numpy()).save(image)
+    base = ["--checkpoint", str(whole / "checkpoint_2.pt"), str(image), "--json",
+            "--topk", "10"]
+    runs = {}
+    for name, flags in (("default", []), ("ema", ["--weights", "ema"]),
+                        ("raw", ["--weights", "raw"])):
+        status, lines, err = _predict(*base, *flags)
+        assert status == 0, err
+        runs[name] = json.loads(lines[-1])["top"]
+    assert runs["default"] == runs["ema"] != runs["raw"]
+    proc = run_main(["--checkpoint", str(whole / "checkpoint_2.pt"), str(image), "--weights",
+                     "ema"], module="ignite_rn50.predict")
+    assert proc.returncode == 0
+    no_ema = tmp_path / "no_ema.pt"
+    state = torch.load(whole / "checkpoint_2.pt", weights_only=True)
+    del state["ema_model"]
+    torch.save(state, no_ema)
+    proc = run_main(["--checkpoint", str(no_ema), str(image), "--weights", "ema"],
+                    module="ignite_rn50.predict")
+    assert_one_line_error(proc, "--weights ema", "holds no EMA weights")
