@@ -162,13 +162,20 @@ class DeviceTrainData:
     def __len__(self) -> int:
         return self.num_batches
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch_draws(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This epoch's order of the shard and each image's crop corner and flip, on the host.
+        Apart from ``__iter__`` so that another stream's draws can be handed in: given the
+        torchvision pipeline's, this pipeline yields its batches bit for bit (tested)."""
         gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.rank, self.epoch))
         n = len(self.labels)
         perm = torch.randperm(n, generator=gen)
         offsets = torch.randint(0, 2 * pad_for(self.images.shape[-1]) + 1, (n, 2),
                                 generator=gen)
         flips = torch.rand(n, generator=gen) < 0.5  # drawn either way: the same stream
+        return perm, offsets, flips
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        perm, offsets, flips = self.epoch_draws()
         if not self.flip:
             flips = torch.zeros_like(flips)
         perm, offsets, flips = (t.to(self.device, non_blocking=True)
