@@ -45,8 +45,11 @@ def free_port() -> int:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CLEARML_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_",
-                                "SLURM_", "TORCHELASTIC"))}
+           # TRAINS_*: clearml sets each of its variables under the old name too (EnvEntry.set);
+           # an in-process test's Task.init leaves TRAINS_PROC_MASTER_ID, which would make a
+           # child's Task.init a stub of this process's task
+           if not k.startswith(("CLEARML_", "TRAINS_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
+                                "MASTER_", "SLURM_", "TORCHELASTIC"))}
     env["PYTHONPATH"] = str(REPO)
     env.pop("OMP_NUM_THREADS", None)  # the trainer splits the cores over its processes
     env["PYTHONUNBUFFERED"] = "1"
