@@ -384,8 +384,7 @@ def _validate_data(cfg: Config, need: Need) -> None:
          f"{cfg.synthetic_classes}")
     need(cfg.synthetic_train_size > 0 and cfg.synthetic_test_size > 0,
          "--synthetic-train-size and --synthetic-test-size must be positive")
-    need(cfg.synthetic_image_size >= 8, f"--synthetic-image-size must be >= 8, got "
-         f"{cfg.synthetic_image_size}")
+    need(cfg.synthetic_image_size >= 8, f"--synthetic-image-size {cfg.synthetic_image_size} < 8")
     spec = dataset_spec(cfg.dataset)
     own = [flag(n) for n in ("image_size", "mean", "std") if getattr(cfg, n) != default_of(n)]
     problem = spec.options_problem(cfg.image_size, cfg.mean, cfg.std, own)
@@ -397,4 +396,5 @@ def _validate_data(cfg: Config, need: Need) -> None:
         need(False, f"--data is required for --dataset {cfg.dataset}: pass "
              f"{spec.data_help}{' (add --download to fetch it there)' if fetch else ''}, or "
              "--dataset synthetic for a demo")
-    need(not cfg.download or spec.download, f"--download: {spec.title} has no download; drop it")
+    need(not cfg.download or spec.download or not spec.needs_files,  # synthetic: nothing to get
+         f"--download: {spec.title} has no download; drop it")
