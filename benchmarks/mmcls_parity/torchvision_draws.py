@@ -13,32 +13,12 @@ from __future__ import annotations
 
 import sys
 
-import torch
-
-from ignite_rn50.data import pipelines
-
-
-def torchvision_draws(self: pipelines.DeviceTrainData
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DistributedSampler's order (seed + epoch), then per image in that order RandomCrop's
-    two ``torch.randint`` and RandomHorizontalFlip's ``torch.rand`` on the global generator,
-    seeded as LoaderTrainData.set_epoch seeds it (tests/data/test_pipelines.py does the same)."""
-    n = len(self.labels)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-    kept = torch.get_rng_state()
-    torch.manual_seed(pipelines.epoch_seed(self.seed, self.rank, self.epoch))
-    span = 2 * pipelines.pad_for(self.images.shape[-1]) + 1
-    offsets, flips = torch.zeros(n, 2, dtype=torch.long), torch.zeros(n, dtype=torch.bool)
-    for i in order.tolist():
-        offsets[i, 0] = torch.randint(0, span, (1,)).item()
-        offsets[i, 1] = torch.randint(0, span, (1,)).item()
-        flips[i] = bool(torch.rand(1) < 0.5)
-    torch.set_rng_state(kept)
-    return order, offsets, flips
-
-
 if __name__ == "__main__":
-    pipelines.DeviceTrainData.epoch_draws = torchvision_draws
+    # the draws the test proves equal to the torchvision pipeline's, batch for batch
+    from ignite_rn50.data import pipelines
+    from tests.data.test_pipelines import _TorchvisionDraws
+
+    pipelines.DeviceTrainData.epoch_draws = _TorchvisionDraws.epoch_draws
     from ignite_rn50.run import main
 
     sys.exit(main(sys.argv[1:]))
