@@ -112,4 +112,6 @@ def attach(ctx: RunContext, saves: Checkpoints, tracking: Tracking) -> None:
     ctx.trainer.add_event_handler(RunEvents.EPOCH_EVALUATED, PredictionGrid(ctx, tracking))
     ctx.trainer.add_event_handler(RunEvents.EPOCH_EVALUATED, PerClassResults(ctx, tracking))
     if ctx.parts.mix is not None:
-        ctx.trainer.add_event_handler(Events.ITERATION_COMPLETED, MixedGrid(ctx, tracking))
+        # before the step: its cutmix pastes into the batch in place (no copy when the batch
+        # is already on the device), so after it the batch would be mixed twice here
+        ctx.trainer.add_event_handler(Events.ITERATION_STARTED, MixedGrid(ctx, tracking))
