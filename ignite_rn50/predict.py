@@ -132,7 +132,8 @@ def run_predict(job: PredictJob) -> None:
     import torch
 
     from ignite_rn50.data import pipelines
-    from ignite_rn50.data.folder import Decoded
+    from ignite_rn50.data.files import Decoded
+    from ignite_rn50.data.spec import ImageFiles
     from ignite_rn50.training.runtime import open_device
 
     device = open_device(job.cfg)
@@ -141,15 +142,15 @@ def run_predict(job: PredictJob) -> None:
     norm = pipelines.Normalization(tuple(m / 255 for m in predictor.mean),
                                    tuple(s / 255 for s in predictor.std))
     files = image_files(job.inputs)
-    decoded = Decoded([str(f) for f in files], predictor.image_size)
+    decoded = Decoded(ImageFiles(tuple(str(f) for f in files), predictor.image_size))
     failed = 0
     k = min(job.topk, len(predictor.class_names))
     for start in range(0, len(files), BATCH):
         items = [(files[i], decoded[i]) for i in range(start, min(start + BATCH, len(files)))]
-        for path, item in items:
+        for _, item in items:
             if isinstance(item, str):
                 failed += 1
-                sys.stderr.write(f"{PROG}: error: {path} does not decode as an image ({item})\n")
+                sys.stderr.write(f"{PROG}: error: {item}\n")
         good = [(path, item) for path, item in items if not isinstance(item, str)]
         if not good:
             continue

@@ -141,6 +141,7 @@ def _top_level_imports(path: Path) -> tuple[set[str], set[str]]:
 
 LIGHT = {"config.__init__", "config.declaration", "config.parsing", "data.__init__",
          "data.registry", "data.spec", "data.cifar", "data.synthetic", "data.folder",
+         "data.files",
          "optim.__init__", "optim.schedule", "outputs.__init__",
          "outputs.trackers", "errors", "cli", "run", "evaluate", "export", "modelzoo",
          "predict"}

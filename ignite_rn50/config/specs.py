@@ -21,11 +21,12 @@ def synthetic_sizes(cfg: Config) -> SyntheticSizes:
                           cfg.synthetic_classes, cfg.synthetic_image_size)
 
 
-def read_options(cfg: Config) -> ReadOptions:
+def read_options(cfg: Config, keep_files: bool = False) -> ReadOptions:
+    """keep_files: image files may stay in their files (for the torchvision pipeline)."""
     return ReadOptions(synthetic=synthetic_sizes(cfg), image_size=cfg.image_size,
                        mean=tuple(cfg.mean) if cfg.mean else None,  # type: ignore[arg-type]
                        std=tuple(cfg.std) if cfg.std else None,  # type: ignore[arg-type]
-                       workers=cfg.num_workers)
+                       workers=cfg.num_workers, keep_files=keep_files)
 
 
 def schedule_spec(cfg: Config, epoch_length: int) -> ScheduleSpec:

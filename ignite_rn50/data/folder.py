@@ -5,18 +5,29 @@
 Class names and order are ``ImageFolder``'s (sorted class folders of ``train/``), the files
 are those it accepts by extension (hidden files ignored), and each image is read by
 torchvision's loader (PIL, converted to RGB: grey, palette and RGBA images too), resized on
-its shorter side and centre-cropped to ``--image-size`` once, at load, into the uint8 tensor
-both pipelines take. The statistics are the training split's (or ``--mean``/``--std``).
-torch and torchvision are imported inside the functions that read (see ``spec.py``).
+its shorter side and centre-cropped to ``--image-size``: once, at load, into the uint8 tensor
+the device pipeline takes, or (``ReadOptions.keep_files``) where the torchvision pipeline's
+workers use it, so that a set need not fit in memory (``files.py``). The statistics are the
+training split's (or ``--mean``/``--std``). torch and torchvision are imported inside the
+functions that read (see ``spec.py``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from ignite_rn50.data.spec import DatasetSpec, ImageSet, ReadOptions, Stats, existing_folder
+from ignite_rn50.data import files
+from ignite_rn50.data.spec import (
+    DatasetSpec,
+    ImageFiles,
+    ImageSet,
+    ReadOptions,
+    Stats,
+    existing_folder,
+)
 from ignite_rn50.errors import UserError
 
 if TYPE_CHECKING:
@@ -50,21 +61,34 @@ class ImageFolderSpec(DatasetSpec):
              train: ImageSet | None = None) -> ImageSet:
         assert where is not None
         classes = find_classes(split_dir(where, "train"))
-        folder = split_dir(where, split)
-        samples = scan(folder, classes, train=split == "train")
-        images = decode([path for path, _ in samples], options.image_size, options.workers)
+        samples = scan(split_dir(where, split), classes, train=split == "train")
+        found = ImageFiles(tuple(path for path, _ in samples), options.image_size)
+        images = found if options.keep_files else files.decode(found, options.workers)
         import torch
 
         labels = torch.tensor([label for _, label in samples], dtype=torch.int64)
-        if options.mean is not None and options.std is not None:
-            mean, std = options.mean, options.std
-        elif train is not None:
-            mean, std = train.mean, train.std
-        elif split == "train":
-            mean, std = statistics(images)
-        else:  # the test split alone, with no statistics given: the training split's
-            mean, std = statistics(self.read("train", where, options).images)
+        mean, std = self._statistics(split, where, options, (images, train))
         return ImageSet(images, labels, len(classes), mean, std, tuple(classes), self.flip)
+
+    def _statistics(self, split: str, where: Path, options: ReadOptions,
+                   read: tuple[torch.Tensor | ImageFiles, ImageSet | None]
+                   ) -> tuple[Stats, Stats]:
+        """Given, the training split's (read beside this one, or by itself and streamed), or
+        the training images' own. Images left in their files are checked here: decoded for
+        their statistics, verified otherwise."""
+        images, train = read
+        if options.mean is not None and options.std is not None:
+            stats = options.mean, options.std
+        elif train is not None:
+            stats = train.mean, train.std
+        elif split != "train":  # the test split alone: the training split's, not held
+            alone = self.read("train", where, replace(options, keep_files=True))
+            stats = alone.mean, alone.std
+        else:
+            return files.statistics(files.chunks(images, options.workers))
+        if isinstance(images, ImageFiles):
+            files.verify(images, options.workers)
+        return stats
 
 
 def split_dir(root: Path, split: str) -> Path:
@@ -113,63 +137,3 @@ def scan(folder: Path, classes: list[str], *, train: bool) -> list[tuple[str, in
                             "or remove the folder")
     index = {name: i for i, name in enumerate(classes) if name in present}
     return make_dataset(str(folder), index, is_valid_file=is_image_file)
-
-
-class Decoded:
-    """Each file through torchvision's loader (PIL, to RGB) and the load-time resize and
-    crop, as uint8 [3, size, size]; a file that does not decode gives its reason (a str)
-    instead, for the caller to name (DataLoader workers would wrap an exception in a
-    traceback)."""
-
-    def __init__(self, paths: list[str], size: int) -> None:
-        from torchvision import transforms as T
-
-        self.paths = paths
-        self.transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> Any:
-        from torchvision.datasets.folder import default_loader
-
-        try:
-            return self.transform(default_loader(self.paths[i]))
-        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each means "no image"
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-
-
-def decode(paths: list[str], size: int, workers: int) -> torch.Tensor:
-    """uint8 [N, 3, size, size], decoded by ``workers`` DataLoader processes."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
-    loader = DataLoader(Decoded(paths, size), batch_size=64, num_workers=workers,
-                        collate_fn=list)
-    done = 0
-    for batch in loader:
-        for item in batch:
-            if isinstance(item, str):
-                raise UserError(f"{paths[done]} does not decode as an image ({item}); remove "
-                                "or replace the file")
-            out[done] = item
-            done += 1
-    return out
-
-
-def statistics(images: torch.Tensor) -> tuple[Stats, Stats]:
-    """Per-channel mean and (population) std of the uint8 images, on 0-255."""
-    import torch
-
-    total = torch.zeros(3, dtype=torch.float64)
-    squares = torch.zeros(3, dtype=torch.float64)
-    for chunk in images.split(1024):  # float64 a chunk at a time, not the whole set
-        x = chunk.to(torch.float64).transpose(0, 1).reshape(3, -1)
-        total += x.sum(1)
-        squares += (x * x).sum(1)
-    count = images.numel() / 3
-    mean = total / count
-    std = (squares / count - mean * mean).clamp_min(0).sqrt()
-    return (tuple(round(float(v), 4) for v in mean),  # type: ignore[return-value]
-            tuple(round(float(v), 4) for v in std))

@@ -22,9 +22,10 @@ from typing import Iterator, Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-from ignite_rn50.data.spec import CIFAR100_MEAN, CIFAR100_STD, ImageSet
+from ignite_rn50.data.spec import CIFAR100_MEAN, CIFAR100_STD, ImageFiles, ImageSet
+from ignite_rn50.errors import UserError
 from ignite_rn50.system import device as dev
 
 PAD = 4  # at 32x32, the reference; smaller (synthetic) images pad in proportion
@@ -204,8 +205,15 @@ def device_eval_batches(data: ImageSet, device: torch.device, batch_size: int, *
 # --- torchvision DataLoader path --------------------------------------------------------------
 
 class _PILDataset(Dataset):
+    """Each image as a PIL image through ``transform``: from the uint8 tensor, or, for a set
+    left in its files, read from its file here, in the DataLoader's worker (a file that does
+    not decode gives the line naming it instead, which ``_collate`` and ``_Named`` carry to
+    the main process: an exception in a worker would reach the user as a traceback)."""
+
     def __init__(self, data: ImageSet, transform) -> None:
-        self.images = data.images.permute(0, 2, 3, 1).numpy()  # HWC for PIL, a view
+        self.files = data.images if isinstance(data.images, ImageFiles) else None
+        self.images = None if self.files is not None else data.images.permute(0, 2, 3,
+                                                                             1).numpy()
         self.labels = data.labels
         self.transform = transform
 
@@ -213,9 +221,37 @@ class _PILDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        from PIL import Image
+        if self.files is not None:
+            image = self.files.load(i)
+            if isinstance(image, str):
+                return image, self.labels[i]
+        else:
+            from PIL import Image
 
-        return self.transform(Image.fromarray(self.images[i])), self.labels[i]
+            image = Image.fromarray(self.images[i])  # HWC view of the uint8 tensor
+        return self.transform(image), self.labels[i]
+
+
+def _collate(items: list):
+    """torch's default_collate, or the line naming the batch's first unreadable file."""
+    bad = next((x for x, _ in items if isinstance(x, str)), None)
+    return bad if bad is not None else default_collate(items)
+
+
+class _Named:
+    """A DataLoader's batches, with a file that does not decode raised as one UserError."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if isinstance(batch, str):
+                raise UserError(batch)
+            yield batch
 
 
 def torchvision_transforms(data: ImageSet, train: bool):
@@ -243,21 +279,20 @@ class _ResumableSampler(DistributedSampler):
 
 
 class LoaderTrainData:
-    """torchvision's classic path: PIL transforms in DataLoader worker processes."""
+    """torchvision's classic path: PIL transforms in DataLoader worker processes, which also
+    read the images from their files where the set was left in them (``ImageFiles``)."""
 
     def __init__(self, data: ImageSet, feed: Feed, *, num_workers: int,
                  pin_memory: bool) -> None:
         shard = _shard(len(data), feed.rank, feed.world_size, feed.seed)
-        own = ImageSet(data.images[shard], data.labels[shard], data.num_classes, data.mean,
-                       data.std)
-        dataset = _PILDataset(own, torchvision_transforms(data, train=True))
+        dataset = _PILDataset(data.take(shard), torchvision_transforms(data, train=True))
         self.sampler = _ResumableSampler(dataset, num_replicas=1, rank=0, shuffle=True,
                                          seed=feed.seed + feed.rank, drop_last=True)
         self.num_batches = feed.batches_in(len(self.sampler), len(data))
         self.generator = torch.Generator()
         self.loader = DataLoader(dataset, batch_size=feed.batch_size, sampler=self.sampler,
                                  num_workers=num_workers, pin_memory=pin_memory,
-                                 drop_last=feed.drop_last,
+                                 drop_last=feed.drop_last, collate_fn=_collate,
                                  generator=self.generator,
                                  persistent_workers=False)
         self.batch_size, self.rank, self.seed, self.num_workers = (feed.batch_size, feed.rank,
@@ -279,12 +314,13 @@ class LoaderTrainData:
     def __iter__(self):
         remaining = self.num_batches - self.start_batch
         self.start_batch = 0
-        return itertools.islice(iter(self.loader), remaining)
+        return itertools.islice(iter(_Named(self.loader)), remaining)
 
 
 def loader_eval_batches(data: ImageSet, batch_size: int, *, rank: int, world_size: int,
-                        num_workers: int, pin_memory: bool) -> DataLoader:
+                        num_workers: int, pin_memory: bool) -> _Named:
     dataset = _PILDataset(data, torchvision_transforms(data, train=False))
     subset = torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
-    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=pin_memory)
+    return _Named(DataLoader(subset, batch_size=batch_size, shuffle=False,
+                             num_workers=num_workers, pin_memory=pin_memory,
+                             collate_fn=_collate))

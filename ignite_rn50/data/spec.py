@@ -10,7 +10,7 @@ A new dataset is a subclass in a file of its own plus one entry in ``registry.py
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -18,6 +18,7 @@ from ignite_rn50.errors import UserError, path_problem
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 Stats = tuple[float, float, float]  # per channel on 0-255 RGB
 
@@ -25,12 +26,66 @@ Stats = tuple[float, float, float]  # per channel on 0-255 RGB
 CIFAR100_MEAN, CIFAR100_STD = (129.304, 124.070, 112.434), (68.170, 65.392, 70.418)
 
 
+@dataclass(frozen=True)
+class ImageFiles:
+    """A split's images left in their files, each read where it is used (in the torchvision
+    pipeline's DataLoader workers), so that a set need not fit in memory. ``shape`` and
+    ``numel`` are those of the uint8 tensor the files would make."""
+
+    paths: tuple[str, ...]
+    size: int  # the side each image is resized and centre-cropped to
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), 3, self.size, self.size)
+
+    def numel(self) -> int:
+        return len(self.paths) * 3 * self.size * self.size
+
+    def take(self, indices: torch.Tensor) -> ImageFiles:
+        return ImageFiles(tuple(self.paths[i] for i in indices.tolist()), self.size)
+
+    def load(self, i: int) -> Image.Image | str:
+        """File ``i`` through torchvision's loader (PIL, to RGB), resized on its shorter side
+        and centre-cropped to ``size``: the pixels a split read into memory keeps. A file
+        that does not decode gives the one line naming it (a str: DataLoader workers would
+        wrap an exception in a traceback)."""
+        from torchvision import transforms as T
+        from torchvision.datasets.folder import default_loader
+
+        try:
+            return T.CenterCrop(self.size)(T.Resize(self.size)(default_loader(self.paths[i])))
+        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds; each means "no image"
+            return self.refusal(i, exc)
+
+    def check(self, i: int) -> str | None:
+        """PIL's ``verify`` of file ``i`` (its structure, not its pixels): None, or the line
+        naming it."""
+        from PIL import Image
+
+        try:
+            with Image.open(self.paths[i]) as image:
+                image.verify()
+        except Exception as exc:  # noqa: BLE001 - as in load
+            return self.refusal(i, exc)
+        return None
+
+    def refusal(self, i: int, exc: Exception) -> str:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else ""
+        return (f"{self.paths[i]} does not decode as an image ({type(exc).__name__}: "
+                f"{reason}); remove or replace the file")
+
+
 @dataclass
 class ImageSet:
-    """One split: uint8 ``[N, 3, H, W]`` images and int64 labels, as both input pipelines
-    take them, with what the pipelines and the checkpoints need to know of the dataset."""
+    """One split: uint8 ``[N, 3, H, W]`` images (or, for the torchvision pipeline, the files
+    they are read from) and int64 labels, with what the pipelines and the checkpoints need to
+    know of the dataset."""
 
-    images: torch.Tensor  # uint8 [N, 3, H, W]
+    images: torch.Tensor | ImageFiles  # uint8 [N, 3, H, W], or files read where used
     labels: torch.Tensor  # int64 [N]
     num_classes: int
     mean: Stats = CIFAR100_MEAN  # the dataset's statistics, 0-255 RGB
@@ -44,6 +99,12 @@ class ImageSet:
     @property
     def image_size(self) -> int:
         return int(self.images.shape[-1])
+
+    def take(self, indices: torch.Tensor) -> ImageSet:
+        """The images and labels at ``indices`` (a shard), with the same facts."""
+        images = (self.images.take(indices) if isinstance(self.images, ImageFiles)
+                  else self.images[indices])
+        return replace(self, images=images, labels=self.labels[indices])
 
 
 @dataclass(frozen=True)
@@ -60,13 +121,16 @@ class SyntheticSizes:
 class ReadOptions:
     """What a run tells the readers beyond ``--data``: the synthetic sizes, the side images
     are resized to (datasets that resize), a given normalisation (``--mean``/``--std`` or a
-    checkpoint's record) and the decoding workers."""
+    checkpoint's record), the decoding workers, and whether a dataset of image files may
+    leave its images in the files (``ImageFiles``, for the torchvision pipeline; datasets
+    held in memory anyway ignore it)."""
 
     synthetic: SyntheticSizes | None = None
     image_size: int = 32
     mean: Stats | None = None
     std: Stats | None = None
     workers: int = 0
+    keep_files: bool = False
 
 
 @dataclass(frozen=True)

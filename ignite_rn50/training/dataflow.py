@@ -12,9 +12,10 @@ import torch
 
 from ignite_rn50.config import specs
 from ignite_rn50.config.declaration import Config, batch_share_problem
-from ignite_rn50.data import pipelines
+from ignite_rn50.data import files, pipelines
 from ignite_rn50.data.readers import ensure_files, load_datasets
 from ignite_rn50.data.registry import dataset_spec
+from ignite_rn50.data.spec import ImageSet
 from ignite_rn50.errors import UserError
 from ignite_rn50.system import device as dev
 
@@ -56,13 +57,9 @@ def build_dataflow(cfg: Config, device: torch.device, *, launched_externally: bo
         raise UserError(problem)
     if launched_externally:
         download_once_per_job(cfg, launched_externally=True)
-    train_set, test_set = load_datasets(dataset_spec(cfg.dataset), cfg.data,
-                                        specs.read_options(cfg))
+    train_set, test_set, on_device = read_splits(cfg, device, world)
     batch = cfg.batch_size // world
     eval_batch = specs.eval_batch_per_process(cfg, world)
-    on_device = cfg.data_pipeline == "device" or (
-        cfg.data_pipeline == "auto" and pipelines.fits_on_device(
-            train_set, test_set, world, dev.free_memory(device)))
     shard = dict(rank=rank, world_size=world)
     feed = pipelines.Feed(batch, seed=cfg.seed, max_batches=cfg.max_iters,
                           drop_last=cfg.drop_last, **shard)
@@ -84,3 +81,21 @@ def build_dataflow(cfg: Config, device: torch.device, *, launched_externally: bo
     return Dataflow(train, evals, test_set.num_classes, batch,
                     "device" if on_device else "torchvision", test_set.class_names,
                     image_size=test_set.image_size, stats=(test_set.mean, test_set.std))
+
+
+def read_splits(cfg: Config, device: torch.device, world: int
+                ) -> tuple[ImageSet, ImageSet, bool]:
+    """The training and test splits, and whether the device pipeline takes them (else the
+    torchvision one). Image files stay in their files (the torchvision pipeline's workers
+    read them) where that pipeline is asked for, or may be chosen by ``auto`` (on a device
+    that tells its free memory), and are decoded into memory once the device pipeline is."""
+    free = dev.free_memory(device)
+    keep_files = cfg.data_pipeline == "torchvision" or (cfg.data_pipeline == "auto" and
+                                                        free is not None)
+    train, test = load_datasets(dataset_spec(cfg.dataset), cfg.data,
+                                specs.read_options(cfg, keep_files=keep_files))
+    on_device = cfg.data_pipeline == "device" or (
+        cfg.data_pipeline == "auto" and pipelines.fits_on_device(train, test, world, free))
+    if on_device:
+        train, test = (files.in_memory(split, cfg.num_workers) for split in (train, test))
+    return train, test, on_device

@@ -1,6 +1,8 @@
-"""Image folders (``data/folder.py``): scikit-learn's digits written as PNG/JPEG class
-folders are read as ImageFolder reads them, trained on through both pipelines to well above
-chance, and every fault of the layout or of a file is one line naming it, status 2."""
+"""Image folders (``data/folder.py``, ``data/files.py``): scikit-learn's digits written as
+PNG/JPEG class folders are read as ImageFolder reads them, into memory or left in their files
+for the torchvision pipeline's workers (the same pixels and statistics), trained on through
+both pipelines to well above chance, and every fault of the layout or of a file is one line
+naming it, status 2."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+from ignite_rn50.data import files, pipelines
 from ignite_rn50.data.readers import ReadOptions, load_datasets, load_test_set
 from ignite_rn50.data.registry import DATASETS
+from ignite_rn50.data.spec import ImageFiles
 from ignite_rn50.errors import UserError
 from tests.helpers import (
     DIGIT_NAMES,
@@ -20,6 +24,7 @@ from tests.helpers import (
     assert_one_line_error,
     model_state,
     read_summary,
+    run_cli,
     run_main,
 )
 
@@ -49,6 +54,70 @@ def test_reads_classes_files_and_statistics_as_imagefolder_does(digits_dir: Path
     given = ReadOptions(image_size=12, mean=(1.0, 2.0, 3.0), std=(4.0, 5.0, 6.0))
     assert load_test_set(FOLDER, str(digits_dir), given).mean == (1.0, 2.0, 3.0)
     assert load_test_set(FOLDER, str(digits_dir), ReadOptions(image_size=12)).std == train.std
+
+
+def _eval_images(data, workers: int) -> torch.Tensor:  # noqa: ANN001 - an ImageSet
+    return torch.cat([x for x, _ in pipelines.loader_eval_batches(
+        data, 64, rank=0, world_size=1, num_workers=workers, pin_memory=False)])
+
+
+def test_a_set_left_in_its_files_is_read_per_image_by_the_workers(digits_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    """The torchvision pipeline's sets (``keep_files``) hold paths, not pixels: its workers
+    read each file where it is used, giving the pixels a set read into memory holds, and the
+    statistics streamed from the files are the in-memory computation's."""
+    root = _copy(digits_dir, tmp_path)
+    held, held_val = load_datasets(FOLDER, str(root), ReadOptions(image_size=12))
+    kept, kept_val = load_datasets(FOLDER, str(root), ReadOptions(image_size=12, workers=2,
+                                                                  keep_files=True))
+    assert isinstance(kept.images, ImageFiles) and isinstance(kept_val.images, ImageFiles)
+    assert kept.images.shape == held.images.shape and kept.image_size == 12
+    assert (kept.mean, kept.std) == (held.mean, held.std) == (kept_val.mean, kept_val.std)
+    assert torch.equal(kept.labels, held.labels) and kept.class_names == held.class_names
+    assert torch.equal(_eval_images(kept_val, 2), _eval_images(held_val, 0))
+    assert torch.equal(files.in_memory(kept_val, 2).images, held_val.images)  # auto's device
+    # the training loader's dataset keeps its shard's paths, and no image tensor
+    feed = pipelines.Feed(16, seed=1, max_batches=3)
+    train = pipelines.LoaderTrainData(kept, feed, num_workers=2, pin_memory=False)
+    dataset = train.loader.dataset
+    assert dataset.images is None and len(dataset.files) == len(kept) and not any(
+        isinstance(v, torch.Tensor) and v.dtype == torch.uint8 for v in vars(dataset).values())
+    same = pipelines.LoaderTrainData(held, feed, num_workers=2, pin_memory=False)
+    for loader in (train, same):
+        loader.set_epoch(2)
+    assert all(torch.equal(a, b) and torch.equal(ya, yb)  # same order, draws and pixels
+               for (a, ya), (b, yb) in zip(train, same, strict=True))
+    # read when used: a file changed after the set was read is seen as it is now
+    first = Path(kept_val.images.paths[0])
+    Image.new("RGB", (20, 20), (255, 255, 255)).save(first, format=Image.open(first).format)
+    now = _eval_images(kept_val, 2)
+    assert not torch.equal(now[0], _eval_images(held_val, 0)[0])
+    assert torch.equal(now[1:], _eval_images(held_val, 0)[1:])
+
+
+def test_a_bad_file_of_a_set_left_in_its_files_is_one_line(digits_dir: Path,
+                                                            tmp_path: Path) -> None:
+    """Checked before the run: decoded for the statistics, or PIL's verify (with given
+    statistics, and the test split); a file that passes verify and still does not decode is
+    named when a worker reads it, in one line too."""
+    root = _copy(digits_dir, tmp_path)
+    broken = root / "val" / "three" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but nothing else")
+    for given in ({}, {"mean": (1.0, 2.0, 3.0), "std": (4.0, 5.0, 6.0)}):
+        with pytest.raises(UserError, match=f"^{broken} does not decode as an image") as info:
+            load_datasets(FOLDER, str(root), ReadOptions(image_size=12, keep_files=True,
+                                                         **given))
+        assert "\n" not in str(info.value)
+    broken.rename(root / "train" / "three" / "broken.png")
+    with pytest.raises(UserError, match="broken.png does not decode as an image"):
+        load_datasets(FOLDER, str(root), ReadOptions(image_size=12, keep_files=True))
+    (root / "train" / "three" / "broken.png").unlink()
+    jpeg = next((root / "val").rglob("*.jpg"))
+    jpeg.write_bytes(jpeg.read_bytes()[:-40])  # the headers whole: verify passes
+    _, val = load_datasets(FOLDER, str(root), ReadOptions(image_size=12, keep_files=True))
+    with pytest.raises(UserError, match=f"^{jpeg} does not decode as an image") as info:
+        _eval_images(val, 2)
+    assert "\n" not in str(info.value) and "truncated" in str(info.value)
 
 
 def _copy(digits_dir: Path, tmp_path: Path) -> Path:
@@ -117,8 +186,9 @@ def test_trains_to_well_above_chance_and_records_its_data(trained_folder: Path) 
 @pytest.mark.slow
 def test_the_torchvision_pipeline_trains_on_the_files_too(digits_dir: Path,
                                                           tmp_path: Path) -> None:
-    proc = run_main([*FOLDER_RUN, "--data-pipeline", "torchvision", "--data", str(digits_dir),
-                     "--output-dir", str(tmp_path / "run")])
+    """Read from the files by two workers (``keep_files``), as sets too big for memory."""
+    proc = run_cli([*FOLDER_RUN, "--data-pipeline", "torchvision", "--num-workers", "2",
+                    "--data", str(digits_dir), "--output-dir", str(tmp_path / "run")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_summary(tmp_path / "run")
     assert summary["input_pipeline"] == "torchvision" and summary["best_top1"] > 0.5
