@@ -125,6 +125,45 @@ def evaluate_shard(job: EvalJob) -> None:
               f"images={images}", flush=True)
 
 
+@dataclass(frozen=True)
+class CheckpointModel:
+    """A checkpoint's network with what the file says of its inputs and classes."""
+
+    model: Any
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+
+
+def model_from_checkpoint(cfg: Config, checkpoint: Path, which: str | None) -> CheckpointModel:
+    """The network the file needs (depth, classes, stem) with its weights, and how its images
+    were prepared, from nothing but the file: its record first, then the flags, then the
+    dataset's own (predict, and export without data)."""
+    from ignite_rn50.config.specs import read_options
+    from ignite_rn50.data.registry import dataset_spec
+    from ignite_rn50.errors import UserError
+    from ignite_rn50.model import weights
+    from ignite_rn50.model.resnet import build_model, resolve_stem
+    from ignite_rn50.outputs.perclass import names_for
+
+    facts = weights.read_facts(checkpoint)
+    state, _ = weights.read_state_dict(checkpoint, "--checkpoint", which)
+    head = state.get("fc.weight")  # a file without one fails load_into, naming the key
+    classes = int(facts.get("num_classes") or (head.shape[0] if head is not None else 100))
+    spec = dataset_spec(cfg.dataset)
+    size = int(facts.get("image_size") or spec.image_side(read_options(cfg)))
+    stats = ((facts.get("mean"), facts.get("std")) if facts.get("mean") else
+             (cfg.mean, cfg.std) if cfg.mean else spec.stats)
+    if not stats:
+        raise UserError(f"--checkpoint {checkpoint} records no normalisation; pass --mean "
+                        "and --std (the training split's, 0-255 RGB)")
+    model = build_model(cfg.depth, classes, resolve_stem(cfg.stem, size))
+    weights.load_into(model, checkpoint, flag="--checkpoint", weights=which)
+    return CheckpointModel(model, size, tuple(stats[0]), tuple(stats[1]),
+                           names_for(facts.get("class_names"), classes))
+
+
 def load_test_and_model(job: EvalJob):  # noqa: ANN201 - (ImageSet, nn.Module), torch lazily
     """The test split and the model with the file's weights (a file that does not fit is one
     UserError naming the first mismatching key)."""

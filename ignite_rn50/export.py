@@ -3,9 +3,11 @@ trained model as ONNX for deployment, checked by onnxruntime before it is kept.
 
 FILE is a checkpoint of this trainer or of the ModelZoo package (mmcls 0.x, fp16 from apex O2
 included; weights are cast to fp32). The model flags (``--depth``, ``--dataset``, or a run's
-``--config``) say which model it is, as for ``evaluate``. The file is written beside OUTPUT
-under a temporary name, checked (onnxruntime on the CPU against PyTorch, on test images),
-then renamed: a failure leaves nothing half-written. The last stdout line:
+``--config``) say which model it is, as for ``evaluate``; one of our checkpoints says it
+itself. The file is written beside OUTPUT under a temporary name, checked (onnxruntime on
+the CPU against PyTorch: on the test split's first images where there is data, else on
+seeded random uint8 images of the recorded size, through the recorded normalisation), then
+renamed: a failure leaves nothing half-written. The last stdout line:
 ``onnx=<path> opset=<n> batch=<static n|dynamic> max_abs_diff=<float> top1_agree=<k>/<n>``.
 
 Exporters: torch's TorchScript exporter (``dynamo=False``) for opsets up to 17: it still
@@ -17,6 +19,7 @@ cannot convert down to 11.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -34,6 +37,8 @@ PROG = "ignite_rn50.export"
 NAMES = {"mmcls": ("input", "probs"), "modelzoo": ("actual_input_1", "output1")}
 TORCHSCRIPT_OPSETS = range(9, 18)  # what the TorchScript exporter writes here (torch 2.14)
 CHECK_TOLERANCE = 1e-3  # fp32 logits of onnxruntime against PyTorch's
+RANDOM_IMAGES = 16  # what the check runs on where there is no data (at least)
+NO_DATA = "(no --data)"  # in place of --data until parse has seen whether any was given
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class ExportJob:
     with_preprocess: bool
     verify_data: bool
     weights: str | None = None  # --weights: ema, raw, or None = ema where the file has it
+    has_data: bool = True  # a test split to check on (else random images)
 
 
 def build_export_parser() -> argparse.ArgumentParser:
@@ -94,7 +100,10 @@ def parse(argv: list[str] | None) -> ExportJob:
            if name in args}
     checkpoint = cli.existing_file("--checkpoint", job["checkpoint"])
     cfg = config_from_args(args, fixed={**TRAINING_ONLY, **ONE_CPU_PROCESS},
-                           base=checkpoint_defaults(checkpoint))
+                           base={**checkpoint_defaults(checkpoint), "data": NO_DATA})
+    has_data = _has_data(cfg, bool(job.get("verify_data")))
+    if cfg.data == NO_DATA:
+        cfg = dataclasses.replace(cfg, data=None)
     batch = None if job.get("dynamic_batch") else job.get("batch", 1)
     if batch is not None and batch < 1:
         raise UserError(f"--batch must be positive, got {batch}")
@@ -107,7 +116,21 @@ def parse(argv: list[str] | None) -> ExportJob:
                      job.get("names", "mmcls"), bool(job.get("softmax")),
                      _resolved("--aipp", aipp) if aipp else None,
                      bool(job.get("with_preprocess")), bool(job.get("verify_data")),
-                     job.get("weights"))
+                     job.get("weights"), has_data)
+
+
+def _has_data(cfg: Config, verify_data: bool) -> bool:
+    """Whether there is a test split (given by --data or --config, or generated); only
+    --verify-data needs one."""
+    from ignite_rn50.data.registry import dataset_spec
+
+    spec = dataset_spec(cfg.dataset)
+    if cfg.data != NO_DATA or not spec.needs_files:
+        return True
+    if verify_data:
+        raise UserError(f"--verify-data runs the exported model over the test split, which "
+                        f"needs --data: pass {spec.data_help}, or drop --verify-data")
+    return False
 
 
 def _resolved(flag: str, text: str) -> Path:
@@ -122,18 +145,16 @@ def _resolved(flag: str, text: str) -> Path:
 
 def run_export(job: ExportJob) -> None:
     """Export, check, then keep: the file appears under its name only once onnxruntime
-    agrees with PyTorch on the test split's first images."""
+    agrees with PyTorch (see ``check_set_and_model``)."""
     from ignite_rn50.deploy import onnx
-    from ignite_rn50.evaluate import EvalJob, load_test_and_model
 
     onnx.require_packages(job.opset)
     check_outputs(job)
-    test, model = load_test_and_model(EvalJob(job.cfg, job.checkpoint, weights=job.weights))
+    test, model, sizes = check_set_and_model(job)
     module = onnx.ExportModel(model.float().eval(), test.mean, test.std,
                                 job.with_preprocess, job.softmax)
     spec = onnx.GraphSpec(job.opset, job.batch, *NAMES[job.names], job.with_preprocess,
                             test.image_size)
-    sizes = onnx.check_sizes(job.batch, len(test))
     inputs = _model_inputs(test, job.with_preprocess)
     tmp = _temporary_beside(job.output)
     aipp_tmp = _temporary_beside(job.aipp) if job.aipp is not None else None
@@ -162,6 +183,35 @@ def run_export(job: ExportJob) -> None:
     print(f"onnx={job.output} opset={onnx_model.opset} batch={batch} "
           f"max_abs_diff={agreement.max_abs_diff:.3g} "
           f"top1_agree={agreement.top1_agree}/{agreement.images}", flush=True)
+
+
+def check_set_and_model(job: ExportJob) -> tuple[Any, Any, list[int]]:
+    """What onnxruntime is checked on (an ImageSet), the model, and the batch sizes of the
+    check: the test split's first images where there is data; without it, RANDOM_IMAGES
+    seeded random uint8 images of the size the checkpoint records, with its statistics and
+    its model (``model_from_checkpoint``, as predict builds it)."""
+    from ignite_rn50.deploy import onnx
+    from ignite_rn50.evaluate import EvalJob, load_test_and_model, model_from_checkpoint
+
+    if job.has_data:
+        test, model = load_test_and_model(EvalJob(job.cfg, job.checkpoint,
+                                                  weights=job.weights))
+        return test, model, onnx.check_sizes(job.batch, len(test))
+    import torch
+
+    from ignite_rn50.data.spec import ImageSet
+
+    loaded = model_from_checkpoint(job.cfg, job.checkpoint, job.weights)
+    sizes = ([job.batch] * -(-RANDOM_IMAGES // job.batch) if job.batch else
+             [1, 7, RANDOM_IMAGES - 8])
+    count, side = sum(sizes), loaded.image_size
+    images = torch.randint(0, 256, (count, 3, side, side), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    print(f"no --data: onnxruntime is checked on {count} random {side}x{side} images",
+          flush=True)
+    test = ImageSet(images, torch.zeros(count, dtype=torch.int64), len(loaded.class_names),
+                    loaded.mean, loaded.std, tuple(loaded.class_names))
+    return test, loaded.model, sizes
 
 
 def _require_agreement(agreement: Any, output: Path) -> None:

@@ -20,13 +20,12 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ignite_rn50 import cli
 from ignite_rn50.config.declaration import Config
 from ignite_rn50.config.parsing import TRAINING_ONLY, build_parser, config_from_args
 from ignite_rn50.errors import Stop, UserError, path_problem
-from ignite_rn50.evaluate import checkpoint_defaults
+from ignite_rn50.evaluate import checkpoint_defaults, model_from_checkpoint
 from ignite_rn50.export import ONE_CPU_PROCESS
 
 PROG = "ignite_rn50.predict"
@@ -91,43 +90,6 @@ def image_files(inputs: tuple[Path, ...]) -> list[Path]:
     return files
 
 
-@dataclass(frozen=True)
-class Predictor:
-    """The model with what its checkpoint says of its inputs and classes."""
-
-    model: Any
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: list[str]
-
-
-def load_predictor(job: PredictJob) -> Predictor:
-    """The network the file needs (depth, classes, stem) with its weights, and how its images
-    were prepared: the checkpoint's record first, then the flags, then the dataset's own."""
-    from ignite_rn50.config.specs import read_options
-    from ignite_rn50.data.registry import dataset_spec
-    from ignite_rn50.model import weights
-    from ignite_rn50.model.resnet import build_model, resolve_stem
-    from ignite_rn50.outputs.perclass import names_for
-
-    cfg, facts = job.cfg, weights.read_facts(job.checkpoint)
-    state, _ = weights.read_state_dict(job.checkpoint, "--checkpoint", job.weights)
-    head = state.get("fc.weight")  # a file without one fails load_into, naming the key
-    classes = int(facts.get("num_classes") or (head.shape[0] if head is not None else 100))
-    spec = dataset_spec(cfg.dataset)
-    size = int(facts.get("image_size") or spec.image_side(read_options(cfg)))
-    stats = ((facts.get("mean"), facts.get("std")) if facts.get("mean") else
-             (cfg.mean, cfg.std) if cfg.mean else spec.stats)
-    if not stats:
-        raise UserError(f"--checkpoint {job.checkpoint} records no normalisation; pass --mean "
-                        "and --std (the training split's, 0-255 RGB)")
-    model = build_model(cfg.depth, classes, resolve_stem(cfg.stem, size))
-    weights.load_into(model, job.checkpoint, flag="--checkpoint", weights=job.weights)
-    return Predictor(model, size, tuple(stats[0]), tuple(stats[1]),
-                     names_for(facts.get("class_names"), classes))
-
-
 def run_predict(job: PredictJob) -> None:
     import torch
 
@@ -137,7 +99,7 @@ def run_predict(job: PredictJob) -> None:
     from ignite_rn50.training.runtime import open_device
 
     device = open_device(job.cfg)
-    predictor = load_predictor(job)
+    predictor = model_from_checkpoint(job.cfg, job.checkpoint, job.weights)
     model = predictor.model.to(device).eval()
     norm = pipelines.Normalization(tuple(m / 255 for m in predictor.mean),
                                    tuple(s / 255 for s in predictor.std))

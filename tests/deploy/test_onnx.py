@@ -211,3 +211,27 @@ def test_a_folder_trained_checkpoint_exports_and_agrees(trained_folder: Path, di
     graph = onnx.load(str(path)).graph
     assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim] == [4, 3, 12, 12]
     assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 10
+
+
+def test_a_folder_checkpoint_exports_with_nothing_but_itself(trained_folder: Path,
+                                                             tmp_path: Path) -> None:
+    """No --data: the check runs on seeded random uint8 images of the recorded size, through
+    the recorded normalisation and the model the record describes; --verify-data, which
+    reads the test split, then asks for the data in one line and writes nothing."""
+    path = tmp_path / "alone.onnx"
+    checkpoint = str(trained_folder / "checkpoint_4.pt")
+    proc = run_main(["--checkpoint", checkpoint, "--output", str(path), "--dynamic-batch"],
+                    module="ignite_rn50.export")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-2] == "no --data: onnxruntime is checked on 16 random 12x12 images"
+    match = _last(lines)
+    assert float(match[4]) < 1e-4 and match[3] == "dynamic" and match[5] == match[6] == "16"
+    graph = onnx.load(str(path)).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim][1:] == [3, 12, 12]
+    assert graph.output[0].type.tensor_type.shape.dim[1].dim_value == 10
+    proc = run_main(["--checkpoint", checkpoint, "--output", str(tmp_path / "v.onnx"),
+                     "--verify-data"], module="ignite_rn50.export")
+    assert_one_line_error(proc, "--verify-data runs the exported model over the test split, "
+                          "which needs --data: pass a folder holding train/")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["alone.onnx"]
