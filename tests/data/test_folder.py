@@ -191,4 +191,6 @@ def test_the_torchvision_pipeline_trains_on_the_files_too(digits_dir: Path,
                     "--data", str(digits_dir), "--output-dir", str(tmp_path / "run")])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = read_summary(tmp_path / "run")
-    assert summary["input_pipeline"] == "torchvision" and summary["best_top1"] > 0.5
+    # chance is 0.1; this run reaches 0.506 (0.562 with no workers: other crops), so the
+    # bound asks for well above chance without resting on one image of 160
+    assert summary["input_pipeline"] == "torchvision" and summary["best_top1"] > 0.3
