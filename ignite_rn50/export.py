@@ -19,7 +19,6 @@ cannot convert down to 11.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import tempfile
@@ -38,7 +37,6 @@ NAMES = {"mmcls": ("input", "probs"), "modelzoo": ("actual_input_1", "output1")}
 TORCHSCRIPT_OPSETS = range(9, 18)  # what the TorchScript exporter writes here (torch 2.14)
 CHECK_TOLERANCE = 1e-3  # fp32 logits of onnxruntime against PyTorch's
 RANDOM_IMAGES = 16  # what the check runs on where there is no data (at least)
-NO_DATA = "(no --data)"  # in place of --data until parse has seen whether any was given
 
 
 @dataclass(frozen=True)
@@ -100,10 +98,8 @@ def parse(argv: list[str] | None) -> ExportJob:
            if name in args}
     checkpoint = cli.existing_file("--checkpoint", job["checkpoint"])
     cfg = config_from_args(args, fixed={**TRAINING_ONLY, **ONE_CPU_PROCESS},
-                           base={**checkpoint_defaults(checkpoint), "data": NO_DATA})
+                           base=checkpoint_defaults(checkpoint), data_optional=True)
     has_data = _has_data(cfg, bool(job.get("verify_data")))
-    if cfg.data == NO_DATA:
-        cfg = dataclasses.replace(cfg, data=None)
     batch = None if job.get("dynamic_batch") else job.get("batch", 1)
     if batch is not None and batch < 1:
         raise UserError(f"--batch must be positive, got {batch}")
@@ -125,7 +121,7 @@ def _has_data(cfg: Config, verify_data: bool) -> bool:
     from ignite_rn50.data.registry import dataset_spec
 
     spec = dataset_spec(cfg.dataset)
-    if cfg.data != NO_DATA or not spec.needs_files:
+    if cfg.data is not None or not spec.needs_files:
         return True
     if verify_data:
         raise UserError(f"--verify-data runs the exported model over the test split, which "

@@ -69,10 +69,9 @@ def parse(argv: list[str] | None) -> PredictJob:
             raise UserError(f"{path}{' ' if not problem.startswith(':') else ''}{problem}; "
                             "pass image files or folders")
     # one process on the asked device; no dataset is read, so --data is never needed
-    one_process = {**ONE_CPU_PROCESS, "device": args.get("device", "auto"),
-                   "data": args.get("data", "(not read by predict)")}
+    one_process = {**ONE_CPU_PROCESS, "device": args.get("device", "auto")}
     cfg = config_from_args(args, fixed={**TRAINING_ONLY, **one_process},
-                           base=checkpoint_defaults(checkpoint))
+                           base=checkpoint_defaults(checkpoint), data_optional=True)
     return PredictJob(cfg, checkpoint, tuple(Path(t).expanduser() for t in images), topk,
                       as_json, which)
 

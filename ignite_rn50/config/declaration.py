@@ -251,7 +251,7 @@ def _is_float_option(name: str) -> bool:
 FLOAT_OPTIONS = tuple(name for name in FIELDS if _is_float_option(name))
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, data_optional: bool = False) -> None:
     """Value checks that a type cannot express; each message names the option and the fix.
     One rule first: every number option is finite (a NaN or inf fails no ``>`` check
     reliably: inf passes ``> 0``, NaN fails every comparison with the wrong message)."""
@@ -269,7 +269,7 @@ def validate(cfg: Config) -> None:
     _validate_optimisation(cfg, _need)
     _validate_trainer_options(cfg, _need)
     _validate_job(cfg, _need)
-    _validate_data(cfg, _need)
+    _validate_data(cfg, _need, data_optional)
 
 
 def _validate_optimisation(cfg: Config, need: Need) -> None:
@@ -378,7 +378,7 @@ def _validate_job(cfg: Config, need: Need) -> None:
          "partial batch (--no-drop-last) would need another: drop one of them")
 
 
-def _validate_data(cfg: Config, need: Need) -> None:
+def _validate_data(cfg: Config, need: Need, data_optional: bool) -> None:
     need(cfg.num_workers >= 0, f"--num-workers must be >= 0, got {cfg.num_workers}")
     need(cfg.synthetic_classes >= 2, f"--synthetic-classes must be >= 2, got "
          f"{cfg.synthetic_classes}")
@@ -389,7 +389,7 @@ def _validate_data(cfg: Config, need: Need) -> None:
     own = [flag(n) for n in ("image_size", "mean", "std") if getattr(cfg, n) != default_of(n)]
     problem = spec.options_problem(cfg.image_size, cfg.mean, cfg.std, own)
     need(problem is None, problem or "")
-    if spec.needs_files and cfg.data is None:
+    if spec.needs_files and cfg.data is None and not data_optional:
         fetch = spec.download
         need(not cfg.download or fetch is None, f"--download needs --data, the folder to "
              f"download {spec.title} into (it then holds {fetch and fetch.folder}/)")

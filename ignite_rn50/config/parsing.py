@@ -161,9 +161,9 @@ def build_parser(prog: str = "python -m ignite_rn50.run",
     return parser
 
 
-def make_config(values: dict[str, Any]) -> Config:
+def make_config(values: dict[str, Any], data_optional: bool = False) -> Config:
     cfg = Config(**values)
-    validate(cfg)
+    validate(cfg, data_optional)
     return cfg
 
 
@@ -175,16 +175,17 @@ TRAINING_ONLY = {"resume": None, "init_from": None, "graph": False, "compile": F
 
 
 def config_from_args(args: dict[str, Any], fixed: dict[str, Any] | None = None,
-                     base: dict[str, Any] | None = None) -> Config:
+                     base: dict[str, Any] | None = None, data_optional: bool = False) -> Config:
     """Parsed flags (argparse's dict, unset flags absent) over the --config file over
     ``base`` (what a checkpoint says of its run) over the declared defaults; ``fixed`` values
-    over all of them."""
+    over all of them. ``data_optional``: --data may be absent (export and predict read no
+    dataset unless given one)."""
     args = dict(args)
     values = dict(base or {})
     values.update(load_yaml(args.pop("config")) if "config" in args else {})
     values.update(args)
     values.update(fixed or {})
-    return make_config(values)
+    return make_config(values, data_optional)
 
 
 # --- a dashboard's stored parameters (ClearML) -----------------------------------------------
