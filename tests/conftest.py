@@ -33,6 +33,13 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def clearml_cache_of_the_suite(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every ClearML offline session a test starts (in process or in a child, through
+    base_env) goes under the suite's temporary folder, not into the user's ~/.clearml."""
+    os.environ["CLEARML_CACHE_DIR"] = str(tmp_path_factory.mktemp("clearml-cache"))
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny epoch (``TINY``, ``--epochs 1``), trained once for the whole suite: read it,

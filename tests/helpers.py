@@ -50,6 +50,8 @@ def base_env(**extra: str) -> dict[str, str]:
            # child's Task.init a stub of this process's task
            if not k.startswith(("CLEARML_", "TRAINS_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
                                 "MASTER_", "SLURM_", "TORCHELASTIC"))}
+    if "CLEARML_CACHE_DIR" in os.environ:  # the suite's own (conftest), never the user's ~/.clearml
+        env["CLEARML_CACHE_DIR"] = os.environ["CLEARML_CACHE_DIR"]
     env["PYTHONPATH"] = str(REPO)
     env.pop("OMP_NUM_THREADS", None)  # the trainer splits the cores over its processes
     env["PYTHONUNBUFFERED"] = "1"
