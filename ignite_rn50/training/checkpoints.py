@@ -16,6 +16,7 @@ furthest into training. Every file loads with ``weights_only=True``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from dataclasses import dataclass, field
@@ -155,7 +156,10 @@ class Checkpoints:
             raise failure
 
     def _remove(self, name: str) -> None:
-        self.saver.remove(name)  # rank 0 only, as the writes
+        """Rank 0 only, as the writes. A file already gone (removed by hand to free the disk)
+        leaves nothing to remove: no reason to stop the run."""
+        with contextlib.suppress(FileNotFoundError):
+            self.saver.remove(name)
 
     def last_good(self) -> Path | None:
         """The saved file furthest into training (what --resume auto would take)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ignite_rn50.training.checkpoints import find_latest_checkpoint
+from ignite_rn50.training.checkpoints import Checkpoints, find_latest_checkpoint
 from tests.helpers import (
     TINY,
     assert_one_line_error,
@@ -85,6 +85,25 @@ def test_retention_bounded_across_resumes(tmp_path: Path) -> None:
     assert [n for n in names if n.startswith("checkpoint_")] == ["checkpoint_4.pt",
                                                                  "checkpoint_5.pt"]
     assert len([n for n in names if n.startswith("best_")]) == 1 and len(names) == 3
+
+
+def test_a_checkpoint_removed_by_hand_does_not_stop_the_run(tmp_path: Path) -> None:
+    """A user deletes the old checkpoints to free the disk while the run goes on: retention
+    finds nothing left to remove and saves on (it stopped the run with a traceback)."""
+    from ignite.engine import Engine
+
+    scores = iter([0.3, 0.6])
+    saves = Checkpoints({"model": torch.nn.Linear(2, 2)}, tmp_path, keep=1,
+                        top1=lambda: next(scores))
+    engine = Engine(lambda *_: None)
+    engine.state.epoch = 1
+    saves.save_epoch(engine)
+    for path in tmp_path.glob("*.pt"):
+        path.unlink()
+    engine.state.epoch = 2
+    saves.save_epoch(engine)  # removes checkpoint_1.pt and the epoch-1 best: both gone
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == [
+        "best_checkpoint_2_top1=0.6000.pt", "checkpoint_2.pt"]
 
 
 @pytest.mark.slow
