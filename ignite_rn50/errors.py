@@ -37,6 +37,16 @@ class UserError(Stop):
     exit_status = EXIT_USAGE
 
 
+def stopped_on_bad_input(exc: BaseException) -> bool:
+    """Whether a job ended with ``EXIT_USAGE``: a ``UserError`` raised in this one process, a
+    rank leaving with its status (``SystemExit``, torchrun), or a spawned rank's exit code
+    (``torch.multiprocessing.ProcessExitedException``, read by name: this module is light)."""
+    if isinstance(exc, Stop):
+        return exc.exit_status == EXIT_USAGE
+    status = exc.code if isinstance(exc, SystemExit) else getattr(exc, "exit_code", None)
+    return status == EXIT_USAGE
+
+
 class Diverged(Stop):
     """Training produced NaN/inf: stop before anything evaluates or saves it."""
 

@@ -19,6 +19,7 @@ PROG = "ignite_rn50"
 
 def launch(cfg: Config) -> None:
     from ignite_rn50.config import specs
+    from ignite_rn50.errors import stopped_on_bad_input
     from ignite_rn50.system import distributed
     from ignite_rn50.training import dashboard, process
     from ignite_rn50.training.runtime import preflight
@@ -28,6 +29,10 @@ def launch(cfg: Config) -> None:
         try:
             distributed.launch(process.train, cfg, specs.topology(cfg, backend),
                                hold=None if lock is None else lock.fd)
+        except BaseException as exc:
+            if lock is not None and stopped_on_bad_input(exc):
+                lock.leave_as_found()  # bad input stopped it: nothing is left written
+            raise
         finally:
             if lock is not None:
                 lock.release()

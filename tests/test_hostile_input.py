@@ -364,6 +364,7 @@ def test_a_bad_test_label_is_named(tmp_path: Path, bad: object, needle: str) -> 
                      str(tmp_path / "o")])
     assert_one_line_error(proc, f"{folder / 'test'}: labels must be integers in 0..99",
                           needle)
+    assert not (tmp_path / "o").exists()  # found after the folder was claimed: left as found
 
 
 def test_ragged_data_is_one_line(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from ignite_rn50.errors import OutOfSpace, UserError
 
 log = logging.getLogger("ignite_rn50")
 LOCK_NAME = ".ignite_rn50.lock"
+LOG_NAME = "train.log"
 UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 
 
@@ -47,6 +48,8 @@ class OutputDirLock:
 
     def __init__(self, fd: int, path: Path) -> None:
         self.fd, self.path = fd, path
+        self.found: frozenset[str] = frozenset()  # the folder's entries when it was claimed
+        self.made: list[Path] = []  # the folders the claim created, innermost first
 
     def record_holder(self) -> None:
         """Who holds it, for the message a second run prints (once this run is sure to go)."""
@@ -54,6 +57,23 @@ class OutputDirLock:
         os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                        "started": time.strftime("%Y-%m-%d %H:%M:%S")}
                                       ).encode() + b"\n", 0)
+
+    def leave_as_found(self) -> None:
+        """Bad input stopped the job before it wrote anything but its log: take away the
+        lock and log it created, and the folders it made, so that nothing is left written.
+        A folder where anything else has appeared (a config, a checkpoint) is kept whole."""
+        folder = self.path.parent
+        ours = {LOCK_NAME, LOG_NAME} - self.found
+        now = {entry.name for entry in folder.iterdir()}
+        if not now <= self.found | ours:
+            return
+        for name in ours & now:
+            (folder / name).unlink(missing_ok=True)
+        for made in self.made:
+            try:
+                made.rmdir()
+            except OSError:  # not empty (something of someone else's): keep it and above
+                return
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -96,13 +116,20 @@ def lock_output_dir(out: Path) -> OutputDirLock | None:
 def claim_output_dir(output_dir: str, resuming: bool) -> OutputDirLock | None:
     """Create the folder, lock it, and refuse the checkpoints of another run unless resuming."""
     out = Path(output_dir).expanduser().resolve()
+    made = [folder for folder in (out, *out.parents) if not folder.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
+        found = frozenset(entry.name for entry in out.iterdir())
     except OSError as exc:
         raise UserError(f"--output-dir {out} is not writable ({exc.strerror}); pass a writable "
                         "folder") from None
     lock = lock_output_dir(out)
+    if lock is not None:
+        lock.found, lock.made = found, made
     if not resuming and any(out.glob("*.pt")):
+        if lock is not None:
+            lock.leave_as_found()
+            lock.release()
         raise UserError(f"--output-dir {out} already holds checkpoints of another run; add "
                         "--resume auto to continue it, or pass a new --output-dir")
     if lock is not None:

@@ -104,7 +104,7 @@ def setup_process(cfg: Config) -> Runtime:
     out = Path(cfg.output_dir).expanduser().resolve()
     if world > 1:
         idist.barrier()  # the folder's owner created it before the ranks started
-    logs.setup_logging(rank, out / "train.log" if rank == 0 else None)
+    logs.setup_logging(rank, out / rundir.LOG_NAME if rank == 0 else None)
     manual_seed(cfg.seed + rank)
     precision = specs.precision(cfg, device.type)
     env = logs.environment(dev.describe_device(device),

@@ -3,11 +3,13 @@ time in it."""
 
 from __future__ import annotations
 
+import pickle
 import signal
 from pathlib import Path
 
 import pytest
 
+from ignite_rn50.outputs import rundir
 from tests.helpers import (
     TINY,
     assert_one_line_error,
@@ -16,6 +18,7 @@ from tests.helpers import (
     run_cli,
     run_main,
     wait_for,
+    write_cifar,
 )
 
 
@@ -24,6 +27,63 @@ def test_output_dir_not_writable(tmp_path: Path) -> None:
     blocker.write_text("x")
     assert_one_line_error(run_main([*TINY, "--output-dir", str(blocker / "sub")]),
                           "--output-dir", "not writable")
+
+
+def _cifar_with_a_bad_label(root: Path) -> Path:
+    """Data whose fault is found only when the run reads it, after it claimed its folder."""
+    folder = write_cifar(root)
+    with open(folder / "test", "rb") as fh:
+        obj = pickle.load(fh)
+    obj["fine_labels"][3] = 100
+    with open(folder / "test", "wb") as fh:
+        pickle.dump(obj, fh)
+    return root
+
+
+def test_a_run_stopped_by_bad_input_leaves_each_folder_as_it_found_it(tmp_path: Path) -> None:
+    data = _cifar_with_a_bad_label(tmp_path / "data")
+    args = ["--device", "cpu", "--depth", "18", "--loggers", "--data", str(data)]
+    made = tmp_path / "made" / "by" / "the-run"
+    assert_one_line_error(run_main([*args, "--output-dir", str(made)]), "labels must be")
+    assert not (tmp_path / "made").exists()  # the folders it made, its log and lock: gone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert_one_line_error(run_main([*args, "--output-dir", str(mine)]), "labels must be")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_folder_the_run_wrote_more_into_is_kept_whole(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    lock = rundir.claim_output_dir(str(out), resuming=False)
+    assert lock is not None
+    (out / rundir.LOG_NAME).write_text("the run's log\n")
+    (out / "config.yaml").write_text("epochs: 1\n")
+    lock.leave_as_found()
+    lock.release()
+    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK_NAME, "config.yaml",
+                                                      rundir.LOG_NAME]
+
+
+def test_refusing_another_runs_checkpoints_leaves_their_folder_as_it_was(tmp_path: Path
+                                                                        ) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoint_1.pt").write_bytes(b"another run's")
+    assert_one_line_error(run_main([*TINY, "--output-dir", str(other)]), "already holds")
+    assert [p.name for p in other.iterdir()] == ["checkpoint_1.pt"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_spawned_job_stopped_by_bad_input_leaves_no_folder(tmp_path: Path) -> None:
+    data = _cifar_with_a_bad_label(tmp_path / "data")
+    out = tmp_path / "two"
+    proc = run_cli(["--device", "cpu", "--depth", "18", "--loggers", "--data", str(data),
+                    "--nproc", "2", "--output-dir", str(out)])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "labels must be integers" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow
