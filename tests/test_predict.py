@@ -105,3 +105,33 @@ def test_weights_ema_by_default_raw_when_asked(ema_runs: tuple[Path, Path],
     proc = run_main(["--checkpoint", str(no_ema), str(image), "--weights", "ema"],
                     module="ignite_rn50.predict")
     assert_one_line_error(proc, "--weights ema", "holds no EMA weights")
+
+
+def _one_image(path: Path, side: int) -> Path:
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (side, side, 3), generator=torch.Generator().manual_seed(1))
+    Image.fromarray(pixels.to(torch.uint8).numpy()).save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_names_come_from_cifars_meta_or_are_the_indices(trained: Path, cifar_dir: Path,
+                                                        tmp_path: Path) -> None:
+    """A CIFAR-100 run's checkpoint names its classes as the dataset's ``meta`` file does; a
+    run on a dataset without names (synthetic) gives the indices as the names."""
+    out = tmp_path / "cifar"
+    proc = run_main(["--device", "cpu", "--data", str(cifar_dir), "--depth", "18", "--epochs",
+                     "1", "--batch-size", "32", "--loggers", "--progress-bar", "off",
+                     "--num-workers", "0", "--output-dir", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for checkpoint, side, name in ((out / "checkpoint_1.pt", 32, "class{}"),
+                                   (trained / "checkpoint_1.pt", 8, "{}")):
+        image = _one_image(tmp_path / f"x{side}.png", side)
+        status, lines, err = _predict("--checkpoint", str(checkpoint), str(image), "--json",
+                                      "--topk", "7")
+        assert status == 0, err
+        top = json.loads(lines[-1])["top"]
+        assert len(top) == 7 and [t["class"] for t in top] == [name.format(t["index"])
+                                                              for t in top]
+        assert len({t["index"] for t in top}) == 7

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -127,9 +128,32 @@ def _copy(digits_dir: Path, tmp_path: Path) -> Path:
 
 
 def _refusal(root: Path, needle: str) -> None:
-    with pytest.raises(UserError) as info:
-        load_datasets(FOLDER, str(root), ReadOptions(image_size=12))
-    assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+    """Through the command: one line, status 2, and no output folder left behind."""
+    out = root.parent / "refused"
+    assert_one_line_error(run_main([*FOLDER_RUN, "--data", str(root), "--output-dir",
+                                    str(out)]), needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("tall", [True, False])
+def test_an_oblong_image_is_resized_on_its_shorter_side_then_centre_cropped(
+        tmp_path: Path, tall: bool) -> None:
+    """48 x 24 px (as if tall), in bands of 8 / 32 / 8 rows (red, green, blue), the green one
+    darker in its first 6 columns: at 12 px it is 24 x 12 with bands of 4 / 16 / 4 rows, and
+    the centre 12 rows are green alone, the first 3 columns darker (a crop without the resize would
+    show none, a squeeze would keep red and blue)."""
+    bands = torch.zeros(48, 24, 3, dtype=torch.uint8)
+    bands[:8, :, 0], bands[8:40, :, 1], bands[40:, :, 2] = 255, 255, 255
+    bands[8:40, :6, 1] = 100
+    image = bands if tall else bands.transpose(0, 1)
+    Image.fromarray(image.contiguous().numpy()).save(tmp_path / "oblong.png")
+    read = ImageFiles((str(tmp_path / "oblong.png"),), 12)
+    pixels = torch.from_numpy(np.asarray(read.load(0)))
+    assert pixels.shape == (12, 12, 3)
+    pixels = pixels if tall else pixels.transpose(0, 1)
+    assert pixels[..., [0, 2]].max() == 0
+    assert pixels[:, :2, 1].tolist() == [[100] * 2] * 12  # column 2 is where they blend
+    assert pixels[:, 4:, 1].min() == 255
 
 
 def test_each_fault_of_the_layout_is_one_line_naming_it(digits_dir: Path,

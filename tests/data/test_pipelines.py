@@ -16,9 +16,9 @@ from ignite_rn50.data.spec import CIFAR100_MEAN
 from tests.helpers import TINY, read_summary, run_cli, run_main
 
 
-def _column_images(n: int) -> ImageSet:
-    cols = (torch.arange(32) + 1).view(1, 1, 32).expand(3, 32, 32)
-    rows_mask = torch.ones(3, 32, 32, dtype=torch.long)
+def _column_images(n: int, size: int = 32) -> ImageSet:
+    cols = (torch.arange(size) + 1).view(1, 1, size).expand(3, size, size)
+    rows_mask = torch.ones(3, size, size, dtype=torch.long)
     images = torch.stack([cols * rows_mask] * n).to(torch.uint8)
     return ImageSet(images, torch.arange(n) % 10, 10)
 
@@ -40,19 +40,19 @@ def test_device_crop_flip_reads_back_offsets_and_flips() -> None:
         assert int(rows_valid.sum()) == 32 - abs(int(offsets[i, 0]) - 4)
 
 
-def _offset_stats(batches: list[torch.Tensor]) -> tuple[np.ndarray, float]:
-    """Horizontal offset (0..8) and flip of each crop of a column-pattern image."""
+def _offset_stats(batches: list[torch.Tensor], pad: int = 4) -> tuple[np.ndarray, float]:
+    """Horizontal offset (0..2 pad) and flip of each crop of a column-pattern image."""
     offs, flips = [], []
     for x in batches:
-        for img in x[:, 0, 16].to(torch.int64):  # middle row, values col+1 or 0 (padding)
+        for img in x[:, 0, x.shape[-1] // 2].to(torch.int64):  # middle row: col+1 or 0 (pad)
             valid = img > 0
             vals = img[valid]
             flipped = bool(vals[0] > vals[-1])
             seq = img.flip(0) if flipped else img
             nz = torch.nonzero(seq > 0).flatten()
             first_val = int(seq[nz[0]])
-            # crop starting at offset o (padded coords) shows column o - 4 first
-            off = (first_val - 1) + 4 - int(nz[0])
+            # crop starting at offset o (padded coords) shows column o - pad first
+            off = (first_val - 1) + pad - int(nz[0])
             offs.append(off)
             flips.append(flipped)
     return np.array(offs), float(np.mean(flips))
@@ -81,6 +81,23 @@ def test_pipelines_draw_offsets_uniform_0_8_and_flip_half(kind: str) -> None:
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < 26.1, counts  # chi-square, 8 dof, p = 0.001
     assert abs(flip_rate - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("kind", ["device", "torchvision"])
+def test_the_pad_and_crop_scales_with_the_image_size(kind: str) -> None:
+    """--image-size 64: padding 8 (the package's 4 at 32 px), crop corners uniform on 0..16."""
+    assert [pipelines.pad_for(n) for n in (12, 32, 64, 96)] == [1, 4, 8, 12]
+    data = _column_images(512, size=64)
+    if kind == "device":
+        feed = pipelines.DeviceTrainData(data, torch.device("cpu"), pipelines.Feed(128, seed=3))
+    else:
+        feed = pipelines.LoaderTrainData(data, pipelines.Feed(128, seed=3), num_workers=0,
+                                        pin_memory=False)
+    feed.set_epoch(1)
+    batches = [_uint8_from_normalized(x) for x, _ in feed]
+    assert batches[0].shape[-2:] == (64, 64)
+    offs, _ = _offset_stats(batches, pad=8)
+    assert sorted(set(offs.tolist())) == list(range(17))  # each of 17 drawn ~30 times of 512
 
 
 @pytest.mark.parametrize("kind", ["device", "torchvision"])
