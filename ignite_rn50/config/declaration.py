@@ -54,8 +54,7 @@ class Config:
     loss_scale: float | None = _opt(None, "static loss scale (e.g. 1024): kept through "
                                     "overflows, whose steps are skipped, as apex's static scale",
                                     group="device", shows="dynamic")
-    channels_last: bool = _opt(False, "use channels_last memory format for model and inputs",
-                               group="device")
+    channels_last: bool = _opt(False, "channels_last memory format", group="device")
     compile: bool = _opt(False, "torch.compile the model (torchair's backend on npu)",
                          group="device")
     graph: bool = _opt(False, "run the whole train step as one captured device graph (cuda: "
@@ -98,6 +97,8 @@ class Config:
     image_size: int = _opt(32, "folder: resize + centre crop to this side, at load", group="data")
     mean: list[float] = _opt([], "folder: R G B mean, 0-255", group="data", shows="train split's")
     std: list[float] = _opt([], "folder: R G B std, 0-255", group="data", shows="the train split's")
+    flip: bool | None = _opt(None, "mirror training images at p 0.5; --no-flip: never (digits, "
+                             "text)", group="data", shows="the dataset's: yes for all built in")
 
     # --- model and optimisation -----------------------------------------------------------
     depth: int = _opt(50, "ResNet depth", choices=(18, 34, 50, 101, 152), group="model")
@@ -143,8 +144,7 @@ class Config:
                                         shows="off")
     accum_steps: int = _opt(1, "micro-batches per optimiser step (the global batch is "
                             "per-step batch x processes x N; iterations count steps)")
-    deterministic: bool = _opt(False, "deterministic algorithms (cudnn, torch, HCCL)",
-                               group="device")
+    deterministic: bool = _opt(False, "deterministic kernels (cudnn, torch, HCCL)", group="device")
     sync_bn: bool = _opt(False, "SyncBatchNorm over all processes (needs several)",
                          group="distributed")
 

@@ -4,6 +4,7 @@ Normalised like CIFAR-100, whose statistics they roughly share."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -29,7 +30,8 @@ class Synthetic(DatasetSpec):
              train: ImageSet | None = None) -> ImageSet:
         sizes = _sizes(options)
         size, seed = (sizes.train, 1) if split == "train" else (sizes.test, 2)
-        return make_synthetic(size, sizes.classes, sizes.image_size, split_seed=seed)
+        return replace(make_synthetic(size, sizes.classes, sizes.image_size, split_seed=seed),
+                       flip=self.flip)
 
     def image_side(self, options: ReadOptions) -> int:
         return _sizes(options).image_size

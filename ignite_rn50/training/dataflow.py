@@ -4,7 +4,7 @@ configuration meets them)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 import ignite.distributed as idist
@@ -94,6 +94,8 @@ def read_splits(cfg: Config, device: torch.device, world: int
                                                         free is not None)
     train, test = load_datasets(dataset_spec(cfg.dataset), cfg.data,
                                 specs.read_options(cfg, keep_files=keep_files))
+    if cfg.flip is not None:  # the run's word over the dataset's (a folder of digits or text)
+        train = replace(train, flip=cfg.flip)
     on_device = cfg.data_pipeline == "device" or (
         cfg.data_pipeline == "auto" and pipelines.fits_on_device(train, test, world, free))
     if on_device:

@@ -66,6 +66,12 @@ def test_two_processes_gloo_end_to_end(tmp_path: Path) -> None:
     assert evaluator.state.metrics["top1"] * 101 == pytest.approx(
         round(evaluator.state.metrics["top1"] * 101))
     assert evaluator.state.metrics["loss"] == pytest.approx(summary["final_val_loss"], rel=1e-5)
+    # the confusion matrix, all-reduced once: both shards' images, each class's top-1 adding
+    # up to the best epoch's
+    best = summary["best_per_class"]["classes"]
+    assert sum(c["images"] for c in best) == 101
+    correct = sum(c["images"] * c["top1"] / 100 for c in best if c["images"])
+    assert correct / 101 == pytest.approx(summary["best_top1"], abs=1e-6)
 
     # resume the 2-process run for one more epoch
     proc = run_cli([*TINY, "--nproc", "2", "--port", str(free_port()), "--epochs", "3",
