@@ -175,8 +175,8 @@ def write_npz_digits(folder: Path) -> None:
 
 def test_dataset_walkthrough(tmp_path: Path) -> None:
     """Follows "A dataset": data/npz.py and its registry entry; --help lists it, its split
-    says no flips, a run trains on its files and names its classes, and a folder without
-    its files is one line."""
+    says no flips, a run trains on its files (through both pipelines) and names its classes,
+    and a folder without its files is one line."""
     root = follow(tmp_path, "A dataset")
     helped = command(root, ["-m", "ignite_rn50.run", "--help"])
     assert "--dataset {cifar100,cifar10,synthetic,folder,npz}" in " ".join(
@@ -198,6 +198,13 @@ def test_dataset_walkthrough(tmp_path: Path) -> None:
     assert summary["dataset"] == "npz" and summary["epochs_completed"] == 2
     assert [c["class"] for c in summary["best_per_class"]["classes"]] == [
         f"digit {i}" for i in range(10)]
+    assert summary["input_pipeline"] == "device"
+    proc = command(root, [*args, *SMALL[:2], "--batch-size", "32", "--progress-bar", "off",
+                          "--loggers", "--num-workers", "0", "--data-pipeline", "torchvision",
+                          "--epochs", "1", "--output-dir", str(tmp_path / "run-tv")])
+    assert proc.returncode == 0, proc.stderr[-3000:]  # and through the other pipeline
+    summary = json.loads((tmp_path / "run-tv" / "summary.json").read_text())
+    assert summary["input_pipeline"] == "torchvision" and summary["epochs_completed"] == 1
     (data / "test.npz").unlink()
     refused = command(root, [*args, "--device", "cpu"])
     assert_one_line_error(refused, f"--data {data} lacks test.npz")
