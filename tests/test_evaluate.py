@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import TINY, assert_one_line_error, free_port, read_summary, run_cli, run_main
+from tests.helpers import (
+    DIGIT_NAMES,
+    TINY,
+    assert_one_line_error,
+    free_port,
+    read_summary,
+    run_cli,
+    run_main,
+)
 
 RESULT = re.compile(r"^top1=([\d.]+) top5=([\d.]+) loss=([\d.]+) images=(\d+)$")
 
@@ -147,3 +155,24 @@ def test_weights_ema_of_a_file_without_ema_is_refused(trained: Path) -> None:
     proc = run_main(["--checkpoint", str(trained / "checkpoint_1.pt"), *TINY[:12],
                      "--weights", "ema"], module="ignite_rn50.evaluate")
     assert_one_line_error(proc, "--weights ema", "holds no EMA weights", "--weights raw")
+
+
+def test_per_class_of_a_folder_trained_checkpoint_names_its_classes(trained_folder: Path,
+                                                                     tmp_path: Path) -> None:
+    """The digits as image files: the run's config and its last checkpoint are all evaluate
+    needs; the per-class files name the folders' classes and add up to the overall top-1."""
+    summary = read_summary(trained_folder)
+    proc = run_main(["--checkpoint", str(trained_folder / "checkpoint_4.pt"), "--config",
+                     str(trained_folder / "config.yaml"), "--per-class", str(tmp_path / "pc")],
+                    module="ignite_rn50.evaluate")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = RESULT.match(proc.stdout.strip().splitlines()[-1])
+    assert match, proc.stdout[-2000:]
+    top1, images = float(match[1]), int(match[4])
+    assert top1 == pytest.approx(100 * summary["final_top1"], abs=1e-4) and images == 160
+    with open(tmp_path / "pc" / "per_class.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["class"] for r in rows] == sorted(DIGIT_NAMES)
+    assert sum(int(r["images"]) for r in rows) == images
+    correct = sum(int(r["images"]) * float(r["top1"] or 0) / 100 for r in rows)
+    assert 100 * correct / images == pytest.approx(top1, abs=1e-3)
