@@ -64,15 +64,22 @@ def _uint8_from_normalized(x: torch.Tensor) -> torch.Tensor:
     return ((x * std + mean) * 255).round().to(torch.int64)
 
 
+def _feed(kind: str, data: ImageSet, batch: int) -> pipelines.TrainData:
+    """Epoch 1 of the training pipeline ``kind`` over ``data`` (seed 3)."""
+    if kind == "device":
+        feed: pipelines.TrainData = pipelines.DeviceTrainData(data, torch.device("cpu"),
+                                                              pipelines.Feed(batch, seed=3))
+    else:
+        feed = pipelines.LoaderTrainData(data, pipelines.Feed(batch, seed=3), num_workers=0,
+                                         pin_memory=False)
+    feed.set_epoch(1)
+    return feed
+
+
 @pytest.mark.parametrize("kind", ["device", "torchvision"])
 def test_pipelines_draw_offsets_uniform_0_8_and_flip_half(kind: str) -> None:
     data = _column_images(2048)
-    if kind == "device":
-        feed = pipelines.DeviceTrainData(data, torch.device("cpu"), pipelines.Feed(256, seed=3))
-    else:
-        feed = pipelines.LoaderTrainData(data, pipelines.Feed(256, seed=3), num_workers=0,
-                                        pin_memory=False)
-    feed.set_epoch(1)
+    feed = _feed(kind, data, 256)
     batches = [_uint8_from_normalized(x) for x, _ in feed]
     offs, flip_rate = _offset_stats(batches)
     counts = np.bincount(offs, minlength=9)
@@ -88,12 +95,7 @@ def test_the_pad_and_crop_scales_with_the_image_size(kind: str) -> None:
     """--image-size 64: padding 8 (the package's 4 at 32 px), crop corners uniform on 0..16."""
     assert [pipelines.pad_for(n) for n in (12, 32, 64, 96)] == [1, 4, 8, 12]
     data = _column_images(512, size=64)
-    if kind == "device":
-        feed = pipelines.DeviceTrainData(data, torch.device("cpu"), pipelines.Feed(128, seed=3))
-    else:
-        feed = pipelines.LoaderTrainData(data, pipelines.Feed(128, seed=3), num_workers=0,
-                                        pin_memory=False)
-    feed.set_epoch(1)
+    feed = _feed(kind, data, 128)
     batches = [_uint8_from_normalized(x) for x, _ in feed]
     assert batches[0].shape[-2:] == (64, 64)
     offs, _ = _offset_stats(batches, pad=8)
@@ -106,12 +108,7 @@ def test_a_dataset_that_forbids_flips_is_never_mirrored(kind: str) -> None:
     pipeline still draws it, so the crops are those a flipping dataset would get."""
     data = _column_images(512)
     data.flip = False
-    if kind == "device":
-        feed = pipelines.DeviceTrainData(data, torch.device("cpu"), pipelines.Feed(128, seed=3))
-    else:
-        feed = pipelines.LoaderTrainData(data, pipelines.Feed(128, seed=3), num_workers=0,
-                                        pin_memory=False)
-    feed.set_epoch(1)
+    feed = _feed(kind, data, 128)
     offs, flip_rate = _offset_stats([_uint8_from_normalized(x) for x, _ in feed])
     assert flip_rate == 0 and offs.min() == 0 and offs.max() == 8
     if kind == "device":
