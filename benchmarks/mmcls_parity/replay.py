@@ -66,7 +66,10 @@ def replay(rec: Path, per_epoch: int, argv: list[str]) -> None:
         for b in range(self.start_batch, self.num_batches):
             images, soft = batches[(self.epoch - 1) * per_epoch + b]
             targets["now"] = soft
-            yield images.contiguous(), torch.zeros(len(images), dtype=torch.long)
+            # no augments (the smooth recipe): mmcls recorded the labels themselves
+            labels = soft.long() if soft.dim() == 1 else torch.zeros(len(images),
+                                                                     dtype=torch.long)
+            yield images.contiguous(), labels
 
     pipelines.DeviceTrainData.__iter__ = recorded
     mixing.BatchMix.__call__ = lambda self, images, labels, state: (images, targets["now"])
